@@ -1,0 +1,40 @@
+"""featurestore: frozen-backbone image features, extracted once into a content-keyed HDF5 store.
+
+Public API::
+
+    from featurestore import extract, load_features
+    result = extract("images/", backbone="efficientnet_lite0")
+    feats = load_features("images/", backbone="efficientnet_lite0", split="train")
+    feats.X, feats.y, feats.keys, feats.class_names
+
+The store side (``featurestore.store``) needs only numpy and h5py; torch loads on first use of
+:func:`extract` or :func:`load_features`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+__all__ = ["__version__", "extract", "load_features", "open_source"]
+
+if TYPE_CHECKING:
+    from featurestore.api import load_features
+    from featurestore.datasets import open_source
+    from featurestore.extract import extract
+
+
+def __getattr__(name: str) -> Any:
+    if name == "extract":
+        from featurestore.extract import extract
+
+        return extract
+    if name == "load_features":
+        from featurestore.api import load_features
+
+        return load_features
+    if name == "open_source":
+        from featurestore.datasets import open_source
+
+        return open_source
+    raise AttributeError(name)

@@ -1,0 +1,593 @@
+"""The HDF5 feature store. Imports numpy and h5py only (no torch).
+
+Layout under the cache root, for one extractor fingerprint::
+
+    <backbone>-<fingerprint[:16]>.h5          consolidated rows: datasets `features`, `keys`
+    <backbone>-<fingerprint[:16]>.parts/      journal: one complete HDF5 file per written batch
+    <backbone>-<fingerprint[:16]>.h5.lock     advisory lock (fcntl.flock) for compaction/reads
+
+Crash safety rests on one rule: **no HDF5 file is ever modified in place**. A batch is written to
+a temporary name inside ``.parts/``, fsynced and renamed into place, so a part file is either
+complete or absent. Compaction (under an exclusive lock) copies the consolidated file plus the
+parts, dropping duplicate keys, into a temporary file, renames it over the consolidated file and
+only then deletes the merged parts. A SIGKILL at any instant therefore leaves the old good state
+or the new good state; readers merge the consolidated file with any parts, first occurrence of a
+key wins, so a part whose rows were already merged is harmless.
+
+Every dataset is chunked with the fletcher32 checksum filter, so a flipped byte in a row is
+reported as an error on read instead of returning a wrong number.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import logging
+import os
+import re
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from featurestore.keys import KEY_LENGTH, canonical_json, fingerprint
+
+log = logging.getLogger(__name__)
+
+FORMAT = "featurestore-hdf5"
+FORMAT_VERSION = 1
+KEY_DTYPE = f"S{KEY_LENGTH}"
+_TARGET_CHUNK_BYTES = 256 * 1024
+_HEX = re.compile(rb"^[0-9a-f]{64}$")
+# Compact eagerly while the consolidated file is small; for big stores wait until the journal
+# holds a quarter as many rows, so that adding a few images never rewrites gigabytes.
+_EAGER_COMPACT_BYTES = 256 * 1024 * 1024
+_MAX_PARTS = 256
+
+
+class StoreError(RuntimeError):
+    """A store cannot be used as asked (unwritable directory, wrong fingerprint, ...)."""
+
+
+class StoreCorruptError(StoreError):
+    """A store file is damaged; it is never appended to or read from."""
+
+
+def store_name(backbone: str, fp: str) -> str:
+    """File name of the consolidated store for ``backbone`` with fingerprint ``fp``."""
+    safe = re.sub(r"[^A-Za-z0-9_.+-]", "_", backbone)
+    return f"{safe}-{fp[:16]}.h5"
+
+
+def _chunk_rows(dim: int) -> int:
+    return max(1, _TARGET_CHUNK_BYTES // (4 * max(1, dim)))
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_rows(
+    path: Path,
+    keys: np.ndarray,
+    rows: np.ndarray,
+    attrs: dict[str, Any],
+    *,
+    source: h5py.File | None = None,
+) -> None:
+    """Write ``source``'s rows (if any) followed by ``keys``/``rows`` to a new file at ``path``."""
+    n_old = 0 if source is None else int(source["keys"].shape[0])
+    n = n_old + len(keys)
+    dim = int(rows.shape[1])
+    chunk = min(_chunk_rows(dim), max(1, n))
+    with h5py.File(path, "w", libver="v110") as f:
+        feats = f.create_dataset(
+            "features",
+            shape=(n, dim),
+            maxshape=(None, dim),
+            dtype="float32",
+            chunks=(chunk, dim),
+            fletcher32=True,
+        )
+        kds = f.create_dataset(
+            "keys",
+            shape=(n,),
+            maxshape=(None,),
+            dtype=KEY_DTYPE,
+            chunks=(max(1, min(n, 4096)),),
+            fletcher32=True,
+        )
+        if source is not None:
+            step = max(chunk, 8192)
+            for start in range(0, n_old, step):
+                stop = min(n_old, start + step)
+                feats[start:stop] = source["features"][start:stop]
+                kds[start:stop] = source["keys"][start:stop]
+        feats[n_old:] = rows
+        kds[n_old:] = keys
+        for name, value in attrs.items():
+            f.attrs[name] = value
+        f.attrs["n_rows"] = n
+        f.attrs["feature_dim"] = dim
+    _fsync_path(path)
+
+
+def _as_key_array(keys: Sequence[str] | np.ndarray) -> np.ndarray:
+    arr = np.asarray(keys)
+    if arr.dtype.kind == "U":
+        arr = np.char.encode(arr, "ascii")
+    return arr.astype(KEY_DTYPE)
+
+
+@dataclass
+class StoreInfo:
+    """What a store holds: enough for `featurestore ls` and `info`."""
+
+    path: Path
+    fingerprint: str
+    backbone: str
+    spec: dict[str, Any]
+    n_rows: int
+    feature_dim: int
+    n_parts: int
+    size_bytes: int
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "path": str(self.path),
+            "fingerprint": self.fingerprint,
+            "backbone": self.backbone,
+            "spec": self.spec,
+            "n_rows": self.n_rows,
+            "feature_dim": self.feature_dim,
+            "pending_parts": self.n_parts,
+            "size_bytes": self.size_bytes,
+            "provenance": self.provenance,
+        }
+
+
+class FeatureStore:
+    """Rows of one extractor fingerprint: a consolidated HDF5 file plus a journal of parts.
+
+    Use :meth:`for_spec` to get the store of an extractor spec under a cache root, or pass the
+    path of an existing ``.h5`` file. Reading never needs write access to the cache directory.
+    """
+
+    def __init__(self, path: Path | str, *, spec: dict[str, Any] | None = None) -> None:
+        self.path = Path(path)
+        if self.path.suffix != ".h5":
+            raise StoreError(f"a store path ends in .h5, got {self.path}")
+        self.parts_dir = self.path.with_name(self.path.stem + ".parts")
+        self.lock_path = self.path.with_name(self.path.name + ".lock")
+        self.spec = spec
+        self.fingerprint = fingerprint(spec) if spec is not None else None
+
+    @classmethod
+    def for_spec(cls, root: Path | str, spec: dict[str, Any]) -> FeatureStore:
+        """The store for ``spec`` (which must name its ``backbone``) under cache root ``root``."""
+        fp = fingerprint(spec)
+        return cls(Path(root) / store_name(str(spec.get("backbone", "features")), fp), spec=spec)
+
+    # ------------------------------------------------------------------ locking
+    @contextlib.contextmanager
+    def _locked(self, *, exclusive: bool) -> Iterator[None]:
+        try:
+            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as exc:
+            if exclusive:
+                raise StoreError(
+                    f"cannot write to the cache directory {self.path.parent} ({exc.strerror}); "
+                    "make it writable or choose another with --cache-dir / FEATURESTORE_CACHE"
+                ) from exc
+            yield  # read-only cache: nobody can compact it, reading is safe without a lock
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+            yield
+        finally:
+            os.close(fd)  # closing releases the flock
+
+    # ------------------------------------------------------------------ attributes
+    def _attrs(self, provenance: dict[str, Any]) -> dict[str, Any]:
+        if self.spec is None:
+            raise StoreError(f"{self.path}: writing needs the extractor spec")
+        return {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "fingerprint": self.fingerprint,
+            "backbone": str(self.spec.get("backbone", "")),
+            "spec": canonical_json(self.spec),
+            "provenance": json.dumps(provenance, sort_keys=True),
+        }
+
+    def _check_attrs(self, f: h5py.File, where: Path) -> None:
+        try:
+            spec = json.loads(f.attrs["spec"])
+            fp = str(f.attrs["fingerprint"])
+        except (KeyError, ValueError, TypeError) as exc:
+            raise StoreCorruptError(f"{where}: missing or unreadable attributes ({exc})") from exc
+        if fingerprint(spec) != fp:
+            raise StoreCorruptError(f"{where}: attribute 'spec' does not hash to its fingerprint")
+        if self.fingerprint is not None and fp != self.fingerprint:
+            raise StoreError(
+                f"{where} holds fingerprint {fp[:16]}, expected {self.fingerprint[:16]}; "
+                "it belongs to another extractor"
+            )
+        n = f["keys"].shape[0]
+        if f["features"].shape[0] != n or int(f.attrs.get("n_rows", n)) != n:
+            raise StoreCorruptError(
+                f"{where}: features has {f['features'].shape[0]} rows, keys {n}, "
+                f"n_rows says {f.attrs.get('n_rows')}"
+            )
+
+    def _open(self, path: Path) -> h5py.File:
+        try:
+            f = h5py.File(path, "r")
+        except OSError as exc:
+            raise StoreCorruptError(f"{path}: not a readable HDF5 file ({exc})") from exc
+        try:
+            if "features" not in f or "keys" not in f:
+                raise StoreCorruptError(f"{path}: datasets 'features' and 'keys' are required")
+            self._check_attrs(f, path)
+        except BaseException:
+            f.close()
+            raise
+        return f
+
+    def _read_keys(self, f: h5py.File, where: Path) -> np.ndarray:
+        try:
+            return f["keys"][...]
+        except OSError as exc:
+            raise StoreCorruptError(f"{where}: keys dataset unreadable ({exc})") from exc
+
+    # ------------------------------------------------------------------ writing
+    def append(
+        self, keys: Sequence[str], rows: np.ndarray, *, provenance: dict[str, Any] | None = None
+    ) -> Path:
+        """Write one batch as a new journal file (atomic rename). Returns its path."""
+        rows = np.ascontiguousarray(rows, dtype=np.float32)
+        karr = _as_key_array(keys)
+        if rows.ndim != 2 or rows.shape[0] != len(karr):
+            raise ValueError(f"rows must be (len(keys), D), got {rows.shape} for {len(karr)} keys")
+        try:
+            self.parts_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise self._write_error(exc) from exc
+        token = uuid.uuid4().hex[:12]
+        tmp = self.parts_dir / f".tmp-{token}.h5"
+        final = self.parts_dir / f"part-{time.time_ns():020d}-{os.getpid()}-{token}.h5"
+        try:
+            _write_rows(tmp, karr, rows, self._attrs(provenance or {}))
+            os.replace(tmp, final)
+            _fsync_path(self.parts_dir)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise self._write_error(exc) from exc
+        except BaseException:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
+        return final
+
+    def _write_error(self, exc: OSError) -> StoreError:
+        what = "the disk is full" if exc.errno == errno.ENOSPC else exc.strerror or str(exc)
+        return StoreError(
+            f"cannot write to the cache directory {self.path.parent}: {what}. Rows already "
+            "written are kept; free space, fix permissions or choose another cache with "
+            "--cache-dir / FEATURESTORE_CACHE, then run again to resume"
+        )
+
+    def _part_paths(self) -> list[Path]:
+        if not self.parts_dir.is_dir():
+            return []
+        return sorted(self.parts_dir.glob("part-*.h5"))
+
+    def compact(self, *, force: bool = False) -> int:
+        """Merge journal parts into the consolidated file. Returns the number of rows added.
+
+        Runs under the exclusive lock. Without ``force`` a large store is only rewritten once
+        the journal holds a quarter as many rows as the consolidated file (or many parts).
+        """
+        with self._locked(exclusive=True):
+            parts = self._part_paths()
+            if not parts:
+                return 0
+            main = self._open(self.path) if self.path.exists() else None
+            try:
+                seen: set[bytes] = set()
+                if main is not None:
+                    seen.update(self._read_keys(main, self.path).tolist())
+                new_keys: list[np.ndarray] = []
+                new_rows: list[np.ndarray] = []
+                provenance = json.loads(main.attrs["provenance"]) if main is not None else {}
+                runs = list(provenance.get("runs", []))
+                part_rows = 0
+                for part in parts:
+                    with self._open(part) as pf:
+                        pkeys = self._read_keys(pf, part)
+                        part_rows += len(pkeys)
+                        run = json.loads(pf.attrs.get("provenance", "{}"))
+                        if run and run not in runs:
+                            runs.append(run)
+                        keep = np.array([k not in seen for k in pkeys.tolist()], dtype=bool)
+                        for i in np.flatnonzero(keep):  # also drop duplicates inside one part
+                            if pkeys[i] in seen:
+                                keep[i] = False
+                            seen.add(pkeys[i])
+                        if keep.any():
+                            new_keys.append(pkeys[keep])
+                            new_rows.append(self._read_features(pf, part)[keep])
+                main_rows = 0 if main is None else int(main["keys"].shape[0])
+                size = self.path.stat().st_size if main is not None else 0
+                lazy = size > _EAGER_COMPACT_BYTES and part_rows * 4 < main_rows
+                if not force and lazy and len(parts) < _MAX_PARTS:
+                    return 0
+                added = sum(len(k) for k in new_keys)
+                if added:
+                    keys_arr = np.concatenate(new_keys)
+                    rows_arr = np.concatenate(new_rows)
+                    provenance = {**provenance, "runs": runs[-100:]}
+                    provenance.setdefault("created", time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+                    attrs = self._attrs(provenance)
+                    tmp = self.path.with_name(f".{self.path.name}.tmp-{uuid.uuid4().hex[:12]}")
+                    try:
+                        if main is not None:
+                            self._verify_features(main, self.path)
+                        _write_rows(tmp, keys_arr, rows_arr, attrs, source=main)
+                        os.replace(tmp, self.path)
+                        _fsync_path(self.path.parent)
+                    except OSError as exc:
+                        with contextlib.suppress(OSError):
+                            tmp.unlink()
+                        raise self._write_error(exc) from exc
+                    except BaseException:
+                        with contextlib.suppress(OSError):
+                            tmp.unlink()
+                        raise
+            finally:
+                if main is not None:
+                    main.close()
+            for part in parts:
+                with contextlib.suppress(FileNotFoundError):
+                    part.unlink()
+            return added
+
+    def _verify_features(self, f: h5py.File, where: Path) -> None:
+        bad = _unreadable_chunks(f["features"])
+        if bad:
+            raise StoreCorruptError(
+                f"{where}: {len(bad)} feature chunk(s) fail their checksum (rows "
+                f"{bad[0][0]}..{bad[0][1]} first); run `featurestore verify {where}` and rebuild"
+            )
+
+    def _read_features(self, f: h5py.File, where: Path) -> np.ndarray:
+        try:
+            return f["features"][...]
+        except OSError as exc:
+            raise StoreCorruptError(
+                f"{where}: feature rows fail their checksum ({exc}); run "
+                f"`featurestore verify {self.path}`, then delete the damaged file and extract again"
+            ) from exc
+
+    # ------------------------------------------------------------------ reading
+    def check(self) -> None:
+        """Cheap health check before appending: the files open and their keys read."""
+        with self._locked(exclusive=False):
+            for path in ([self.path] if self.path.exists() else []) + self._part_paths():
+                with self._open(path) as f:
+                    self._read_keys(f, path)
+
+    def keys(self) -> set[str]:
+        """Every key held, consolidated or in the journal."""
+        out: set[str] = set()
+        with self._locked(exclusive=False):
+            for path in self._sources():
+                with self._open(path) as f:
+                    out.update(k.decode() for k in self._read_keys(f, path).tolist())
+        return out
+
+    def _sources(self) -> list[Path]:
+        return ([self.path] if self.path.exists() else []) + self._part_paths()
+
+    def read(self, keys: Sequence[str]) -> np.ndarray:
+        """Rows for ``keys`` in that order, as float32 (n, D). Raises KeyError for missing keys."""
+        want = _as_key_array(keys)
+        out: np.ndarray | None = None
+        found = np.zeros(len(want), dtype=bool)
+        position: dict[bytes, list[int]] = {}
+        for i, k in enumerate(want.tolist()):
+            position.setdefault(k, []).append(i)
+        with self._locked(exclusive=False):
+            for path in self._sources():
+                if found.all():
+                    break
+                with self._open(path) as f:
+                    fkeys = self._read_keys(f, path).tolist()
+                    src_idx, dst_idx = [], []
+                    for j, k in enumerate(fkeys):
+                        slots = position.get(k)
+                        if slots and not found[slots[0]]:
+                            for s in slots:
+                                src_idx.append(j)
+                                dst_idx.append(s)
+                                found[s] = True
+                    if not src_idx:
+                        continue
+                    ds = f["features"]
+                    if out is None:
+                        out = np.empty((len(want), ds.shape[1]), dtype=np.float32)
+                    if ds.shape[1] != out.shape[1]:
+                        raise StoreCorruptError(f"{path}: width {ds.shape[1]} != {out.shape[1]}")
+                    out[np.asarray(dst_idx)] = self._take(ds, np.asarray(src_idx), path)
+        if not found.all():
+            missing = int((~found).sum())
+            raise KeyError(f"{missing} of {len(want)} keys are not in {self.path.name}")
+        if out is None:
+            return np.empty((0, self.feature_dim() or 0), dtype=np.float32)
+        return out
+
+    def _take(self, ds: h5py.Dataset, idx: np.ndarray, where: Path) -> np.ndarray:
+        try:
+            if len(idx) * 4 >= ds.shape[0]:
+                return ds[...][idx]  # one sequential read beats scattered ones
+            order = np.argsort(idx, kind="stable")
+            uniq, inverse = np.unique(idx[order], return_inverse=True)
+            block = ds[uniq]
+            result = np.empty((len(idx), ds.shape[1]), dtype=np.float32)
+            result[order] = block[inverse]
+            return result
+        except OSError as exc:
+            raise StoreCorruptError(
+                f"{where}: feature rows fail their checksum ({exc}); run "
+                f"`featurestore verify {self.path}` and rebuild the store"
+            ) from exc
+
+    def read_all(self) -> tuple[list[str], np.ndarray]:
+        """Every (key, row) pair, consolidated rows first, duplicates dropped."""
+        keys = sorted(self.keys())
+        return keys, self.read(keys)
+
+    def feature_dim(self) -> int | None:
+        for path in self._sources():
+            with self._open(path) as f:
+                return int(f["features"].shape[1])
+        return None
+
+    def info(self) -> StoreInfo:
+        """Summary of the store (consolidated rows plus journal parts)."""
+        with self._locked(exclusive=False):
+            sources = self._sources()
+            if not sources:
+                raise StoreError(f"no store at {self.path}")
+            with self._open(sources[0]) as f:
+                spec = json.loads(f.attrs["spec"])
+                fp = str(f.attrs["fingerprint"])
+                dim = int(f["features"].shape[1])
+                prov = json.loads(f.attrs.get("provenance", "{}"))
+        n_parts = len(self._part_paths())
+        size = sum(p.stat().st_size for p in sources)
+        return StoreInfo(
+            path=self.path,
+            fingerprint=fp,
+            backbone=str(spec.get("backbone", "")),
+            spec=spec,
+            n_rows=len(self.keys()),
+            feature_dim=dim,
+            n_parts=n_parts,
+            size_bytes=size,
+            provenance=prov,
+        )
+
+
+def _unreadable_chunks(ds: h5py.Dataset) -> list[tuple[int, int]]:
+    """Row ranges of ``ds`` whose chunks fail to read (checksum or I/O errors)."""
+    bad = []
+    step = ds.chunks[0] if ds.chunks else max(1, ds.shape[0])
+    for start in range(0, ds.shape[0], step):
+        stop = min(ds.shape[0], start + step)
+        try:
+            ds[start:stop]
+        except OSError:
+            bad.append((start, stop))
+    return bad
+
+
+@dataclass
+class VerifyReport:
+    """Outcome of :func:`verify`: ``ok`` is False when any problem was found."""
+
+    path: Path
+    n_rows: int = 0
+    feature_dim: int = 0
+    problems: list[str] = field(default_factory=list)
+    files_checked: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "path": str(self.path),
+            "ok": self.ok,
+            "n_rows": self.n_rows,
+            "feature_dim": self.feature_dim,
+            "files_checked": self.files_checked,
+            "problems": self.problems,
+        }
+
+
+def verify(path: Path | str) -> VerifyReport:
+    """Check a store fully: attributes, shapes, every chunk's checksum, keys, duplicates."""
+    store = FeatureStore(path)
+    report = VerifyReport(path=store.path)
+    sources = store._sources()
+    if not sources:
+        report.problems.append(f"no store at {store.path} (and no journal parts)")
+        return report
+    all_keys: list[bytes] = []
+    fps: set[str] = set()
+    for src in sources:
+        report.files_checked += 1
+        try:
+            f = store._open(src)
+        except StoreError as exc:
+            report.problems.append(str(exc))
+            continue
+        with f:
+            fps.add(str(f.attrs["fingerprint"]))
+            report.feature_dim = report.feature_dim or int(f["features"].shape[1])
+            if int(f["features"].shape[1]) != report.feature_dim:
+                report.problems.append(f"{src}: width {f['features'].shape[1]} differs")
+            for name in ("features", "keys"):
+                for start, stop in _unreadable_chunks(f[name]):
+                    report.problems.append(f"{src}: {name} rows {start}..{stop} unreadable")
+            try:
+                keys = f["keys"][...].tolist()
+            except OSError:
+                continue
+            bad = [k for k in keys if not _HEX.match(k)]
+            if bad:
+                report.problems.append(f"{src}: {len(bad)} malformed key(s)")
+            if src == store.path and len(set(keys)) != len(keys):
+                report.problems.append(
+                    f"{src}: {len(keys) - len(set(keys))} duplicate key(s) in consolidated rows"
+                )
+            all_keys.extend(keys)
+    if len(fps) > 1:
+        report.problems.append(f"files disagree on the fingerprint: {sorted(fps)}")
+    report.n_rows = len(set(all_keys))
+    if store.parts_dir.is_dir():
+        stale = list(store.parts_dir.glob(".tmp-*"))
+        if stale:
+            log.info("%d unfinished temporary file(s) in %s", len(stale), store.parts_dir)
+    return report
+
+
+def list_stores(root: Path | str) -> list[StoreInfo]:
+    """Every store under cache root ``root``, sorted by file name."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    paths = {p for p in root.glob("*.h5")}
+    paths.update(d.with_name(d.name[: -len(".parts")] + ".h5") for d in root.glob("*.parts"))
+    infos = []
+    for path in sorted(paths):
+        try:
+            infos.append(FeatureStore(path).info())
+        except StoreError as exc:
+            log.warning("skipping %s: %s", path, exc)
+    return infos
