@@ -46,9 +46,12 @@ def stratified_hash_split(
 
     - Deterministic: same keys, labels, fraction and seed give the same split, in any order of
       the items (the result is aligned with the input order).
-    - Stable when items are added: an item decided by rule 2 never changes side. Only an item
-      moved by the fix-up can move back, and only when a newcomer of its class makes the fix-up
-      unnecessary or takes its place (a newcomer that lands on the side that was empty).
+    - Stable when items are added: in a class that already has at least 2 items, an item
+      placed by rule 2 never changes side. Only an item moved by the fix-up can move back, and
+      only when a newcomer of its class makes the fix-up unnecessary or takes its place (a
+      newcomer that lands on the side that was empty, or has a more extreme ``u``). The one
+      other case: a class with a single item that grows to 2 or more may need the fix-up, which
+      can then move the old item (no rule that ignores history can avoid this).
     - Duplicate keys (the same image twice) land on the same side unless the fix-up separates
       them, so duplicates do not leak between train and test.
     - Per class the test share is ``test_fraction`` in expectation, not exactly.

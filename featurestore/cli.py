@@ -280,5 +280,145 @@ def verify(store: str, cache_dir: Path | None, as_json: bool) -> None:
     sys.exit(0 if report.ok else 1)
 
 
+@main.command()
+def heads() -> None:
+    """List the classifier heads that `sweep --heads` accepts, with their grids."""
+    from classifiers.heads import list_heads
+
+    for h in list_heads():
+        grid = ", ".join(f"{k.split('__')[-1]}={v}" for k, v in h.grid.items())
+        click.echo(f"{h.name:<12} {h.description}")
+        click.echo(f"{'':<12} grid: {grid or '(none)'}")
+
+
+def _parse_anchor(text: str) -> tuple[str, float]:
+    name, _, value = text.rpartition("=")
+    try:
+        return name.strip(), float(value)
+    except ValueError:
+        raise click.BadParameter(f"--anchor takes NAME=ACCURACY, got {text!r}") from None
+
+
+@main.command()
+@click.argument("source")
+@click.option("--backbone", "-b", "backbones", multiple=True,
+              help="Backbone whose features to compare (repeatable).")
+@click.option("--combo", "combos", multiple=True,
+              help="Concatenated feature set, e.g. alexnet+vgg16 (repeatable).")
+@click.option("--heads", "heads_", default=None,
+              help="Comma-separated heads (default: all; see `featurestore heads`).")
+@click.option("--no-pixels", is_flag=True, help="Leave out the raw-pixel baseline.")
+@click.option("--pixel-size", type=click.IntRange(min=2), default=32, show_default=True,
+              help="Side of the raw-pixel baseline's resized image.")
+@click.option("--cv", type=click.IntRange(min=2), default=5, show_default=True,
+              help="Cross-validation folds on the training split.")
+@click.option("--no-grid", is_flag=True, help="Use each head's defaults, no grid search.")
+@click.option("--train-split", default=None, help="Training split (default: train).")
+@click.option("--test-split", default=None,
+              help="Evaluation split (default: the first of val, validation, test).")
+@click.option("--anchor", "anchors", multiple=True,
+              help="A published result to compare with, NAME=ACCURACY (repeatable).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+              required=True, help="Folder for the leaderboard, plots and the best head.")
+@click.option("--save-best/--no-save-best", default=True, show_default=True,
+              help="Save the best head as OUT/best_head.joblib (+ .json sidecar).")
+@extractor_options
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--workers", type=click.IntRange(min=0), default=None)
+@_cache_opt
+def sweep(source: str, backbones: tuple[str, ...], combos: tuple[str, ...], heads_: str | None,
+          no_pixels: bool, pixel_size: int, cv: int, no_grid: bool, train_split: str | None,
+          test_split: str | None, anchors: tuple[str, ...], out_dir: Path, save_best: bool,
+          **kw: Any) -> None:
+    """Compare feature sets x heads on SOURCE: grid search by cross-validation on the training
+    split only, refit the best setting, evaluate once on the held-out split. Writes
+    leaderboard.{md,csv,json}, confusion/ROC/leaderboard plots and the best head to --out.
+    """
+    from classifiers.report import write_report
+    from classifiers.saved import save_head
+    from classifiers.sweep import run_sweep
+    from featurestore.featuresets import build_sweep_data
+
+    ex = _extractor_kwargs(kw)
+    head_names = [h.strip() for h in heads_.split(",")] if heads_ else None
+    anchor_values = [_parse_anchor(a) for a in anchors]
+    try:
+        data = build_sweep_data(source, backbones=backbones, combos=combos, pixels=not no_pixels,
+                                pixel_size=pixel_size, train_split=train_split,
+                                test_split=test_split, progress=True, **ex, **kw)
+        results = run_sweep(data.feature_sets, heads=head_names, cv=cv, use_grid=not no_grid,
+                            progress=lambda msg: click.echo(msg, err=True))
+    except (ValueError, RuntimeError, OSError, KeyError) as exc:
+        _fail(exc)
+    best = results[0]
+    notes = [f"Split: {data.plan.description}; {best.n_train} training and {best.n_test} "
+             f"evaluation images, {len(data.class_names)} classes."]
+    if data.skipped:
+        notes.append(f"{len(data.skipped)} file(s) skipped (undecodable): "
+                     + "; ".join(f"{s.path}: {s.reason}" for s in data.skipped[:5]))
+    pixel_rows = [r for r in results if r.feature_set.startswith("pixels")]
+    if pixel_rows and best.feature_set != pixel_rows[0].feature_set:
+        notes.append(f"Best pretrained-feature model beats the best raw-pixel model by "
+                     f"{best.accuracy - pixel_rows[0].accuracy:+.4f} accuracy "
+                     f"({best.accuracy:.4f} vs {pixel_rows[0].accuracy:.4f}).")
+    for name, value in anchor_values:
+        notes.append(f"Published anchor {name}: {value:.4f}; best here "
+                     f"{best.feature_set}/{best.head} {best.accuracy:.4f} "
+                     f"({best.accuracy - value:+.4f}).")
+    prov = {"source": str(source), "split": data.plan.description,
+            "class_names": data.class_names, "cv_folds": cv, "grid": not no_grid}
+    paths = write_report(results, out_dir, title=f"featurestore sweep: {source}",
+                         provenance=prov, notes=notes)
+    if save_best:
+        meta = {
+            "feature_set": best.feature_set,
+            "head": best.head,
+            "params": {k: repr(v) for k, v in best.best_params.items()},
+            "class_names": data.class_names,
+            "extractors": best.provenance.get("extractors", []),
+            "pixels": best.provenance.get("pixels", {}).get("size"),
+            "sweep": {"source": str(source), "split": data.plan.description,
+                      "test_accuracy": best.accuracy, "n_test": best.n_test},
+        }
+        paths["head"] = save_head(best.estimator, out_dir / "best_head.joblib", metadata=meta)
+    click.echo(paths["markdown"].read_text().split("\n\n## ")[0])
+    for name, p in paths.items():
+        click.echo(f"{name:<17} {p}")
+
+
+@main.command()
+@click.argument("source")
+@click.option("--head", "head_path", type=click.Path(dir_okay=False, path_type=Path),
+              required=True, help="A head saved by `sweep` (with its .json sidecar).")
+@click.option("--split", default=None, help="Predict only this split (default: all images).")
+@click.option("--out", "out_csv", type=click.Path(dir_okay=False, path_type=Path),
+              default=Path("predictions.csv"), show_default=True,
+              help="CSV of path, predicted label, probability, true label.")
+@_cache_opt
+def predict(source: str, head_path: Path, split: str | None, out_csv: Path,
+            cache_dir: Path | None) -> None:
+    """Predict SOURCE's images with a saved head, extracting through the cache with the head's
+    own backbone(s). Refuses a head whose bytes do not match its sidecar's sha256, or whose
+    extractor fingerprint differs from this machine's. Heads are pickles: load only heads from
+    sources you trust."""
+    from featurestore.predict import predict as run
+
+    try:
+        pred = run(source, head_path, split=split, cache_dir=cache_dir, progress=True)
+    except (ValueError, RuntimeError, OSError, KeyError) as exc:
+        _fail(exc)
+    pred.write_csv(out_csv)
+    click.echo(f"predicted  {len(pred.predicted)} images -> {out_csv}")
+    if pred.skipped:
+        click.echo(f"skipped    {len(pred.skipped)}")
+        for s in pred.skipped:
+            click.echo(f"  - {s.path}: {s.reason}")
+    acc = pred.accuracy
+    if acc is not None:
+        n = sum(lab is not None for lab in pred.labels)
+        right = round(acc * n)
+        click.echo(f"accuracy   {acc:.4f} ({right}/{n} images with a known label)")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

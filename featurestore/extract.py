@@ -337,7 +337,7 @@ def extract(
         t = time.perf_counter()
         try:
             store.compact()
-        except Exception:  # noqa: BLE001 - never hide the original error
+        except Exception:
             if finished:
                 raise
             log.exception("compaction of %s failed; the journal is kept", store.path)

@@ -14,8 +14,14 @@ only then deletes the merged parts. A SIGKILL at any instant therefore leaves th
 or the new good state; readers merge the consolidated file with any parts, first occurrence of a
 key wins, so a part whose rows were already merged is harmless.
 
-Every dataset is chunked with the fletcher32 checksum filter, so a flipped byte in a row is
-reported as an error on read instead of returning a wrong number.
+Every dataset is chunked with the fletcher32 checksum filter and files use the v110 format
+(checksummed superblock, object headers and chunk index), so a flipped byte is reported as an
+error on read instead of returning a wrong number. Any error HDF5 raises on a damaged file becomes
+:class:`StoreCorruptError`, whose message names the damaged file and how to rebuild.
+
+Temporary files left by a killed writer (``.parts/.tmp-<host>-<pid>-*.h5`` and
+``.<name>.h5.tmp-*``) are never read; the next compaction deletes them once their writer is gone.
+Readers that cannot take the lock (a read-only cache) retry when a file vanishes under them.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import json
 import logging
 import os
 import re
+import socket
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -50,6 +57,15 @@ _HEX = re.compile(rb"^[0-9a-f]{64}$")
 # holds a quarter as many rows, so that adding a few images never rewrites gigabytes.
 _EAGER_COMPACT_BYTES = 256 * 1024 * 1024
 _MAX_PARTS = 256
+# check() verifies every feature checksum of a consolidated file up to this size (parts always).
+_CHECK_FULL_BYTES = _EAGER_COMPACT_BYTES
+# h5py raises these (not only OSError) on damaged files: e.g. RuntimeError for a bad metadata
+# checksum, KeyError for a damaged link, ValueError/TypeError for a garbled attribute.
+_H5_ERRORS = (OSError, RuntimeError, KeyError, ValueError, TypeError)
+_HOST = re.sub(r"[^A-Za-z0-9_.]", "_", socket.gethostname()) or "host"
+_PART_TMP = re.compile(r"^\.tmp-(?P<host>[A-Za-z0-9_.]*)-(?P<pid>\d+)-[0-9a-f]+\.h5$")
+_STALE_TMP_SECONDS = 24 * 3600  # temp files of other hosts (shared cache): age limit
+_RETRIES = 5
 
 
 class StoreError(RuntimeError):
@@ -57,7 +73,41 @@ class StoreError(RuntimeError):
 
 
 class StoreCorruptError(StoreError):
-    """A store file is damaged; it is never appended to or read from."""
+    """A store file is damaged; it is never appended to or read from.
+
+    ``file`` is the damaged file (the consolidated ``.h5`` or one journal part).
+    """
+
+    def __init__(self, message: str, *, file: Path | None = None) -> None:
+        super().__init__(message)
+        self.file = file
+
+
+class _VanishedError(StoreError):
+    """A file listed a moment ago is gone (compacted by another process while we read)."""
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: it exists, owned by someone else
+        return True
+    return True
+
+
+def _is_stale_part_tmp(path: Path) -> bool:
+    """A journal temp file whose writer is gone (same host: its pid; else: older than a day)."""
+    m = _PART_TMP.match(path.name)
+    if m and m["host"] == _HOST:
+        return not _pid_alive(int(m["pid"]))
+    try:
+        return time.time() - path.stat().st_mtime > _STALE_TMP_SECONDS
+    except OSError:
+        return False
 
 
 def store_name(backbone: str, fp: str) -> str:
@@ -191,8 +241,13 @@ class FeatureStore:
                     f"cannot write to the cache directory {self.path.parent} ({exc.strerror}); "
                     "make it writable or choose another with --cache-dir / FEATURESTORE_CACHE"
                 ) from exc
-            yield  # read-only cache: nobody can compact it, reading is safe without a lock
-            return
+            try:  # a read-only cache: flock works on a read-only descriptor too
+                fd = os.open(self.lock_path, os.O_RDONLY)
+            except OSError:
+                # No lock file and no right to create one: read without the lock; readers
+                # retry if a file vanishes under them (see _retrying).
+                yield
+                return
         try:
             fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
             yield
@@ -216,30 +271,49 @@ class FeatureStore:
         try:
             spec = json.loads(f.attrs["spec"])
             fp = str(f.attrs["fingerprint"])
-        except (KeyError, ValueError, TypeError) as exc:
-            raise StoreCorruptError(f"{where}: missing or unreadable attributes ({exc})") from exc
-        if fingerprint(spec) != fp:
-            raise StoreCorruptError(f"{where}: attribute 'spec' does not hash to its fingerprint")
+        except _H5_ERRORS as exc:
+            raise StoreCorruptError(
+                f"{where}: missing or unreadable attributes ({exc})", file=where
+            ) from exc
+        if not isinstance(spec, dict) or fingerprint(spec) != fp:
+            raise StoreCorruptError(
+                f"{where}: attribute 'spec' does not hash to its fingerprint", file=where
+            )
         if self.fingerprint is not None and fp != self.fingerprint:
             raise StoreError(
                 f"{where} holds fingerprint {fp[:16]}, expected {self.fingerprint[:16]}; "
                 "it belongs to another extractor"
             )
-        n = f["keys"].shape[0]
-        if f["features"].shape[0] != n or int(f.attrs.get("n_rows", n)) != n:
+        try:
+            n = f["keys"].shape[0]
+            n_feat, dim = f["features"].shape
+            n_rows = int(f.attrs.get("n_rows", n))
+        except _H5_ERRORS as exc:
+            raise StoreCorruptError(f"{where}: unreadable datasets ({exc})", file=where) from exc
+        if n_feat != n or n_rows != n:
             raise StoreCorruptError(
-                f"{where}: features has {f['features'].shape[0]} rows, keys {n}, "
-                f"n_rows says {f.attrs.get('n_rows')}"
+                f"{where}: features has {n_feat} rows, keys {n}, n_rows says {n_rows}", file=where
             )
 
     def _open(self, path: Path) -> h5py.File:
         try:
             f = h5py.File(path, "r")
-        except OSError as exc:
-            raise StoreCorruptError(f"{path}: not a readable HDF5 file ({exc})") from exc
+        except FileNotFoundError as exc:
+            raise _VanishedError(
+                f"{path} disappeared while reading (another process compacted the store); "
+                "run again"
+            ) from exc
+        except _H5_ERRORS as exc:
+            raise StoreCorruptError(f"{path}: not a readable HDF5 file ({exc})", file=path) from exc
         try:
-            if "features" not in f or "keys" not in f:
-                raise StoreCorruptError(f"{path}: datasets 'features' and 'keys' are required")
+            try:
+                ok = "features" in f and "keys" in f
+            except _H5_ERRORS as exc:
+                raise StoreCorruptError(f"{path}: unreadable file ({exc})", file=path) from exc
+            if not ok:
+                raise StoreCorruptError(
+                    f"{path}: datasets 'features' and 'keys' are required", file=path
+                )
             self._check_attrs(f, path)
         except BaseException:
             f.close()
@@ -249,8 +323,19 @@ class FeatureStore:
     def _read_keys(self, f: h5py.File, where: Path) -> np.ndarray:
         try:
             return f["keys"][...]
-        except OSError as exc:
-            raise StoreCorruptError(f"{where}: keys dataset unreadable ({exc})") from exc
+        except _H5_ERRORS as exc:
+            raise StoreCorruptError(f"{where}: keys dataset unreadable ({exc})", file=where) from exc
+
+    def _retrying(self, fn: Any) -> Any:
+        """Run ``fn`` again when a file vanished under it (only possible without the lock)."""
+        for attempt in range(_RETRIES):
+            try:
+                return fn()
+            except _VanishedError:
+                if attempt == _RETRIES - 1:
+                    raise
+                time.sleep(0.01 * (attempt + 1))
+        raise AssertionError("unreachable")
 
     # ------------------------------------------------------------------ writing
     def append(
@@ -266,13 +351,13 @@ class FeatureStore:
         except OSError as exc:
             raise self._write_error(exc) from exc
         token = uuid.uuid4().hex[:12]
-        tmp = self.parts_dir / f".tmp-{token}.h5"
+        tmp = self.parts_dir / f".tmp-{_HOST}-{os.getpid()}-{token}.h5"
         final = self.parts_dir / f"part-{time.time_ns():020d}-{os.getpid()}-{token}.h5"
         try:
             _write_rows(tmp, karr, rows, self._attrs(provenance or {}))
             os.replace(tmp, final)
             _fsync_path(self.parts_dir)
-        except OSError as exc:
+        except _H5_ERRORS as exc:  # h5py reports a failed write as any of these
             with contextlib.suppress(OSError):
                 tmp.unlink()
             raise self._write_error(exc) from exc
@@ -282,8 +367,9 @@ class FeatureStore:
             raise
         return final
 
-    def _write_error(self, exc: OSError) -> StoreError:
-        what = "the disk is full" if exc.errno == errno.ENOSPC else exc.strerror or str(exc)
+    def _write_error(self, exc: Exception) -> StoreError:
+        full = getattr(exc, "errno", None) == errno.ENOSPC or "No space left" in str(exc)
+        what = "the disk is full" if full else getattr(exc, "strerror", None) or str(exc)
         return StoreError(
             f"cannot write to the cache directory {self.path.parent}: {what}. Rows already "
             "written are kept; free space, fix permissions or choose another cache with "
@@ -295,38 +381,65 @@ class FeatureStore:
             return []
         return sorted(self.parts_dir.glob("part-*.h5"))
 
+    def _main_temps(self) -> list[Path]:
+        return sorted(self.path.parent.glob(f".{self.path.name}.tmp-*"))
+
+    def _part_temps(self) -> list[Path]:
+        if not self.parts_dir.is_dir():
+            return []
+        return sorted(self.parts_dir.glob(".tmp-*"))
+
+    def _remove_stale_temps(self) -> int:
+        """Delete temp files of killed writers. Call only under the exclusive lock."""
+        # A consolidated temp file is only ever written under the exclusive lock we hold, so
+        # any that exists belongs to a dead compaction; a part temp file is checked per writer.
+        stale = self._main_temps() + [t for t in self._part_temps() if _is_stale_part_tmp(t)]
+        removed = 0
+        for tmp in stale:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+                removed += 1
+                log.info("removed %s, left by an interrupted writer", tmp)
+        return removed
+
     def compact(self, *, force: bool = False) -> int:
         """Merge journal parts into the consolidated file. Returns the number of rows added.
 
-        Runs under the exclusive lock. Without ``force`` a large store is only rewritten once
-        the journal holds a quarter as many rows as the consolidated file (or many parts).
+        Runs under the exclusive lock, and also deletes temp files left by killed writers.
+        Without ``force`` a large store is only rewritten once the journal holds a quarter as
+        many rows as the consolidated file (or many parts). With nothing to merge or clean up
+        it returns at once without the lock, so a read-only cache that is complete works.
         """
+        if not self._part_paths() and not self._main_temps() and not self._part_temps():
+            return 0
         with self._locked(exclusive=True):
+            self._remove_stale_temps()
             parts = self._part_paths()
             if not parts:
                 return 0
             main = self._open(self.path) if self.path.exists() else None
             try:
                 seen: set[bytes] = set()
+                provenance: dict[str, Any] = {}
                 if main is not None:
                     seen.update(self._read_keys(main, self.path).tolist())
+                    provenance = _json_attr(main, "provenance", self.path)
                 new_keys: list[np.ndarray] = []
                 new_rows: list[np.ndarray] = []
-                provenance = json.loads(main.attrs["provenance"]) if main is not None else {}
                 runs = list(provenance.get("runs", []))
                 part_rows = 0
                 for part in parts:
                     with self._open(part) as pf:
                         pkeys = self._read_keys(pf, part)
                         part_rows += len(pkeys)
-                        run = json.loads(pf.attrs.get("provenance", "{}"))
+                        run = _json_attr(pf, "provenance", part)
                         if run and run not in runs:
                             runs.append(run)
-                        keep = np.array([k not in seen for k in pkeys.tolist()], dtype=bool)
-                        for i in np.flatnonzero(keep):  # also drop duplicates inside one part
-                            if pkeys[i] in seen:
-                                keep[i] = False
-                            seen.add(pkeys[i])
+                        keep = np.zeros(len(pkeys), dtype=bool)
+                        for i, k in enumerate(pkeys.tolist()):  # also drops duplicates in a part
+                            if k not in seen:
+                                keep[i] = True
+                                seen.add(k)
                         if keep.any():
                             new_keys.append(pkeys[keep])
                             new_rows.append(self._read_features(pf, part)[keep])
@@ -343,13 +456,13 @@ class FeatureStore:
                     provenance.setdefault("created", time.strftime("%Y-%m-%dT%H:%M:%S%z"))
                     attrs = self._attrs(provenance)
                     tmp = self.path.with_name(f".{self.path.name}.tmp-{uuid.uuid4().hex[:12]}")
+                    if main is not None:
+                        self._verify_features(main, self.path)
                     try:
-                        if main is not None:
-                            self._verify_features(main, self.path)
                         _write_rows(tmp, keys_arr, rows_arr, attrs, source=main)
                         os.replace(tmp, self.path)
                         _fsync_path(self.path.parent)
-                    except OSError as exc:
+                    except _H5_ERRORS as exc:  # h5py reports a failed write as any of these
                         with contextlib.suppress(OSError):
                             tmp.unlink()
                         raise self._write_error(exc) from exc
@@ -366,38 +479,64 @@ class FeatureStore:
             return added
 
     def _verify_features(self, f: h5py.File, where: Path) -> None:
-        bad = _unreadable_chunks(f["features"])
+        try:
+            bad = _unreadable_chunks(f["features"])
+        except _H5_ERRORS as exc:
+            raise self._corrupt(where, f"features dataset unreadable ({exc})") from exc
         if bad:
-            raise StoreCorruptError(
-                f"{where}: {len(bad)} feature chunk(s) fail their checksum (rows "
-                f"{bad[0][0]}..{bad[0][1]} first); run `featurestore verify {where}` and rebuild"
+            raise self._corrupt(
+                where,
+                f"{len(bad)} feature chunk(s) fail their checksum (rows {bad[0][0]}..{bad[0][1]} "
+                "first)",
             )
+
+    def _corrupt(self, where: Path, what: str) -> StoreCorruptError:
+        return StoreCorruptError(f"{where}: {what}. {rebuild_hint(self.path, where)}", file=where)
 
     def _read_features(self, f: h5py.File, where: Path) -> np.ndarray:
         try:
             return f["features"][...]
-        except OSError as exc:
-            raise StoreCorruptError(
-                f"{where}: feature rows fail their checksum ({exc}); run "
-                f"`featurestore verify {self.path}`, then delete the damaged file and extract again"
-            ) from exc
+        except _H5_ERRORS as exc:
+            raise self._corrupt(where, f"feature rows fail their checksum ({exc})") from exc
 
     # ------------------------------------------------------------------ reading
     def check(self) -> None:
-        """Cheap health check before appending: the files open and their keys read."""
-        with self._locked(exclusive=False):
-            for path in ([self.path] if self.path.exists() else []) + self._part_paths():
-                with self._open(path) as f:
-                    self._read_keys(f, path)
+        """Health check before appending: raises :class:`StoreCorruptError` if damaged.
+
+        Every file must open with valid attributes and readable keys; every journal part and a
+        consolidated file up to 256 MiB must also pass every feature chunk's checksum (a larger
+        one is checked in full when compaction copies it). The error names the damaged file and
+        says how to rebuild.
+        """
+
+        def run() -> None:
+            with self._locked(exclusive=False):
+                for path in self._sources():
+                    with self._open(path) as f:
+                        self._read_keys(f, path)
+                        if path != self.path or path.stat().st_size <= _CHECK_FULL_BYTES:
+                            self._verify_features(f, path)
+
+        try:
+            self._retrying(run)
+        except StoreCorruptError as exc:
+            msg = str(exc)
+            if exc.file is not None and "featurestore verify" not in msg:
+                msg = f"{msg}. {rebuild_hint(self.path, exc.file)}"
+            raise StoreCorruptError(msg, file=exc.file) from exc
 
     def keys(self) -> set[str]:
         """Every key held, consolidated or in the journal."""
-        out: set[str] = set()
-        with self._locked(exclusive=False):
-            for path in self._sources():
-                with self._open(path) as f:
-                    out.update(k.decode() for k in self._read_keys(f, path).tolist())
-        return out
+
+        def run() -> set[str]:
+            out: set[str] = set()
+            with self._locked(exclusive=False):
+                for path in self._sources():
+                    with self._open(path) as f:
+                        out.update(k.decode() for k in self._read_keys(f, path).tolist())
+            return out
+
+        return self._retrying(run)
 
     def _sources(self) -> list[Path]:
         return ([self.path] if self.path.exists() else []) + self._part_paths()
@@ -405,16 +544,26 @@ class FeatureStore:
     def read(self, keys: Sequence[str]) -> np.ndarray:
         """Rows for ``keys`` in that order, as float32 (n, D). Raises KeyError for missing keys."""
         want = _as_key_array(keys)
+        return self._retrying(lambda: self._read_locked(want))
+
+    def _read_locked(self, want: np.ndarray) -> np.ndarray:
         out: np.ndarray | None = None
         found = np.zeros(len(want), dtype=bool)
         position: dict[bytes, list[int]] = {}
         for i, k in enumerate(want.tolist()):
             position.setdefault(k, []).append(i)
+        dim: int | None = None
         with self._locked(exclusive=False):
             for path in self._sources():
-                if found.all():
+                if found.all() and dim is not None:
                     break
                 with self._open(path) as f:
+                    ds = f["features"]
+                    dim = int(ds.shape[1]) if dim is None else dim
+                    if ds.shape[1] != dim:
+                        raise StoreCorruptError(
+                            f"{path}: width {ds.shape[1]} != {dim}", file=path
+                        )
                     fkeys = self._read_keys(f, path).tolist()
                     src_idx, dst_idx = [], []
                     for j, k in enumerate(fkeys):
@@ -426,17 +575,14 @@ class FeatureStore:
                                 found[s] = True
                     if not src_idx:
                         continue
-                    ds = f["features"]
                     if out is None:
-                        out = np.empty((len(want), ds.shape[1]), dtype=np.float32)
-                    if ds.shape[1] != out.shape[1]:
-                        raise StoreCorruptError(f"{path}: width {ds.shape[1]} != {out.shape[1]}")
+                        out = np.empty((len(want), dim), dtype=np.float32)
                     out[np.asarray(dst_idx)] = self._take(ds, np.asarray(src_idx), path)
         if not found.all():
             missing = int((~found).sum())
             raise KeyError(f"{missing} of {len(want)} keys are not in {self.path.name}")
         if out is None:
-            return np.empty((0, self.feature_dim() or 0), dtype=np.float32)
+            return np.empty((0, dim or 0), dtype=np.float32)
         return out
 
     def _take(self, ds: h5py.Dataset, idx: np.ndarray, where: Path) -> np.ndarray:
@@ -449,47 +595,81 @@ class FeatureStore:
             result = np.empty((len(idx), ds.shape[1]), dtype=np.float32)
             result[order] = block[inverse]
             return result
-        except OSError as exc:
-            raise StoreCorruptError(
-                f"{where}: feature rows fail their checksum ({exc}); run "
-                f"`featurestore verify {self.path}` and rebuild the store"
-            ) from exc
+        except _H5_ERRORS as exc:
+            raise self._corrupt(where, f"feature rows fail their checksum ({exc})") from exc
 
     def read_all(self) -> tuple[list[str], np.ndarray]:
-        """Every (key, row) pair, consolidated rows first, duplicates dropped."""
-        keys = sorted(self.keys())
-        return keys, self.read(keys)
+        """Every (key, row) pair, sorted by key, duplicates dropped."""
+
+        def run() -> tuple[list[str], np.ndarray]:
+            with self._locked(exclusive=False):  # one consistent snapshot for keys and rows
+                keys = sorted(self.keys())
+                return keys, self.read(keys)
+
+        return self._retrying(run)
 
     def feature_dim(self) -> int | None:
-        for path in self._sources():
-            with self._open(path) as f:
-                return int(f["features"].shape[1])
-        return None
+        def run() -> int | None:
+            with self._locked(exclusive=False):
+                for path in self._sources():
+                    with self._open(path) as f:
+                        return int(f["features"].shape[1])
+            return None
+
+        return self._retrying(run)
 
     def info(self) -> StoreInfo:
         """Summary of the store (consolidated rows plus journal parts)."""
-        with self._locked(exclusive=False):
-            sources = self._sources()
-            if not sources:
-                raise StoreError(f"no store at {self.path}")
-            with self._open(sources[0]) as f:
-                spec = json.loads(f.attrs["spec"])
-                fp = str(f.attrs["fingerprint"])
-                dim = int(f["features"].shape[1])
-                prov = json.loads(f.attrs.get("provenance", "{}"))
-        n_parts = len(self._part_paths())
-        size = sum(p.stat().st_size for p in sources)
-        return StoreInfo(
-            path=self.path,
-            fingerprint=fp,
-            backbone=str(spec.get("backbone", "")),
-            spec=spec,
-            n_rows=len(self.keys()),
-            feature_dim=dim,
-            n_parts=n_parts,
-            size_bytes=size,
-            provenance=prov,
-        )
+
+        def run() -> StoreInfo:
+            with self._locked(exclusive=False):
+                sources = self._sources()
+                if not sources:
+                    raise StoreError(f"no store at {self.path}")
+                with self._open(sources[0]) as f:
+                    spec = json.loads(f.attrs["spec"])
+                    fp = str(f.attrs["fingerprint"])
+                    dim = int(f["features"].shape[1])
+                    prov = _json_attr(f, "provenance", sources[0])
+                n_parts = len(self._part_paths())
+                size = sum(p.stat().st_size for p in sources)
+                n_rows = len(self.keys())
+            return StoreInfo(
+                path=self.path,
+                fingerprint=fp,
+                backbone=str(spec.get("backbone", "")),
+                spec=spec,
+                n_rows=n_rows,
+                feature_dim=dim,
+                n_parts=n_parts,
+                size_bytes=size,
+                provenance=prov,
+            )
+
+        return self._retrying(run)
+
+
+def rebuild_hint(store: Path, damaged: Path) -> str:
+    """What to do about a damaged file of ``store``: see the damage, delete the file, re-extract."""
+    if damaged == store:
+        what = f"delete {damaged} (journal parts in {store.stem}.parts/ are kept)"
+    else:
+        what = f"delete the damaged journal part {damaged}"
+    return (
+        f"The store is damaged and nothing was appended to it. Run `featurestore verify {store}` "
+        f"to see the damage; to rebuild, {what} and run `featurestore extract` again: the rows "
+        "it held are extracted anew, every other row is reused"
+    )
+
+
+def _json_attr(f: h5py.File, name: str, where: Path) -> dict[str, Any]:
+    try:
+        value = json.loads(f.attrs.get(name, "{}"))
+    except _H5_ERRORS as exc:
+        raise StoreCorruptError(f"{where}: attribute {name!r} unreadable ({exc})", file=where) from exc
+    if not isinstance(value, dict):
+        raise StoreCorruptError(f"{where}: attribute {name!r} is not a JSON object", file=where)
+    return value
 
 
 def _unreadable_chunks(ds: h5py.Dataset) -> list[tuple[int, int]]:
@@ -500,7 +680,7 @@ def _unreadable_chunks(ds: h5py.Dataset) -> list[tuple[int, int]]:
         stop = min(ds.shape[0], start + step)
         try:
             ds[start:stop]
-        except OSError:
+        except _H5_ERRORS:
             bad.append((start, stop))
     return bad
 
@@ -531,33 +711,58 @@ class VerifyReport:
 
 
 def verify(path: Path | str) -> VerifyReport:
-    """Check a store fully: attributes, shapes, every chunk's checksum, keys, duplicates."""
-    store = FeatureStore(path)
-    report = VerifyReport(path=store.path)
+    """Check a store fully: attributes, shapes, every chunk's checksum, keys, duplicates.
+
+    Runs under the shared lock, so a compaction running meanwhile is never mistaken for damage.
+    """
+    try:
+        store = FeatureStore(path)
+    except StoreError as exc:
+        report = VerifyReport(path=Path(path))
+        report.problems.append(str(exc))
+        return report
+    for attempt in range(_RETRIES):
+        report = VerifyReport(path=store.path)
+        try:
+            with store._locked(exclusive=False):
+                _verify_into(store, report)
+            return report
+        except _VanishedError:
+            if attempt == _RETRIES - 1:
+                raise
+            time.sleep(0.01 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+def _verify_into(store: FeatureStore, report: VerifyReport) -> None:
     sources = store._sources()
     if not sources:
         report.problems.append(f"no store at {store.path} (and no journal parts)")
-        return report
+        return
     all_keys: list[bytes] = []
     fps: set[str] = set()
     for src in sources:
         report.files_checked += 1
         try:
             f = store._open(src)
+        except _VanishedError:
+            raise
         except StoreError as exc:
             report.problems.append(str(exc))
             continue
         with f:
-            fps.add(str(f.attrs["fingerprint"]))
-            report.feature_dim = report.feature_dim or int(f["features"].shape[1])
-            if int(f["features"].shape[1]) != report.feature_dim:
-                report.problems.append(f"{src}: width {f['features'].shape[1]} differs")
-            for name in ("features", "keys"):
-                for start, stop in _unreadable_chunks(f[name]):
-                    report.problems.append(f"{src}: {name} rows {start}..{stop} unreadable")
             try:
+                fps.add(str(f.attrs["fingerprint"]))
+                width = int(f["features"].shape[1])
+                report.feature_dim = report.feature_dim or width
+                if width != report.feature_dim:
+                    report.problems.append(f"{src}: width {width} differs")
+                for name in ("features", "keys"):
+                    for start, stop in _unreadable_chunks(f[name]):
+                        report.problems.append(f"{src}: {name} rows {start}..{stop} unreadable")
                 keys = f["keys"][...].tolist()
-            except OSError:
+            except _H5_ERRORS as exc:
+                report.problems.append(f"{src}: unreadable ({exc})")
                 continue
             bad = [k for k in keys if not _HEX.match(k)]
             if bad:
@@ -570,11 +775,11 @@ def verify(path: Path | str) -> VerifyReport:
     if len(fps) > 1:
         report.problems.append(f"files disagree on the fingerprint: {sorted(fps)}")
     report.n_rows = len(set(all_keys))
-    if store.parts_dir.is_dir():
-        stale = list(store.parts_dir.glob(".tmp-*"))
-        if stale:
-            log.info("%d unfinished temporary file(s) in %s", len(stale), store.parts_dir)
-    return report
+    stale = store._main_temps() + store._part_temps()
+    if stale:
+        log.info("%d temporary file(s) of interrupted or running writers next to %s (never "
+                 "read; the next compaction deletes those whose writer is gone)",
+                 len(stale), store.path)
 
 
 def list_stores(root: Path | str) -> list[StoreInfo]:

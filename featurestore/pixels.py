@@ -1,0 +1,34 @@
+"""Raw pixels as features: the "no transfer" baseline every sweep report shows."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from PIL import Image
+
+from featurestore.datasets import ImageLoader, Record, Skipped
+from featurestore.decode import DecodeError
+
+DEFAULT_SIZE = 32
+
+
+def pixel_rows(
+    records: Sequence[Record], loader: ImageLoader, *, size: int = DEFAULT_SIZE
+) -> tuple[np.ndarray, np.ndarray, list[Skipped]]:
+    """(rows, ok mask, skipped): each image resized to ``size`` x ``size`` RGB, flattened, /255.
+
+    Resizing squashes to a square (no crop), bilinear with antialiasing.
+    """
+    rows = np.zeros((len(records), size * size * 3), dtype=np.float32)
+    ok = np.zeros(len(records), dtype=bool)
+    skipped: list[Skipped] = []
+    for i, record in enumerate(records):
+        try:
+            img = loader.load(record).resize((size, size), Image.Resampling.BILINEAR)
+        except DecodeError as exc:
+            skipped.append(Skipped(record.path, str(exc)))
+            continue
+        rows[i] = np.asarray(img, dtype=np.float32).reshape(-1) / 255.0
+        ok[i] = True
+    return rows, ok, skipped

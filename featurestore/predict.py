@@ -1,0 +1,119 @@
+"""Predict with a saved head: extract through the cache with the head's own extractor(s).
+
+The head's sidecar records the extractor options and fingerprint of every feature block it was
+trained on (in column order). A head whose extractor fingerprint differs from what those options
+resolve to on this machine (other weights, preprocessing, version) is refused.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from classifiers.saved import load_head
+from featurestore.api import load_features
+from featurestore.datasets import Skipped, Source, open_source
+from featurestore.extractor import resolve
+from featurestore.pixels import pixel_rows
+
+
+class HeadMismatchError(ValueError):
+    """The head was trained on features this machine's extractor would not reproduce."""
+
+
+@dataclass
+class Prediction:
+    paths: list[str]
+    labels: list[str | None]
+    predicted: list[str]
+    probability: list[float | None]
+    skipped: list[Skipped]
+    class_names: list[str]
+
+    @property
+    def accuracy(self) -> float | None:
+        pairs = [(t, p) for t, p in zip(self.labels, self.predicted, strict=True) if t is not None]
+        if not pairs:
+            return None
+        return sum(t == p for t, p in pairs) / len(pairs)
+
+    def write_csv(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "w", newline="", encoding="utf-8") as fh:
+            w = csv.writer(fh)
+            w.writerow(["path", "predicted", "probability", "label"])
+            for row in zip(self.paths, self.predicted, self.probability, self.labels,
+                           strict=True):
+                p = "" if row[2] is None else f"{row[2]:.6f}"
+                w.writerow([row[0], row[1], p, row[3] or ""])
+
+
+def check_extractors(meta: dict[str, Any]) -> None:
+    """Raise HeadMismatchError unless every recorded extractor resolves to its fingerprint."""
+    for ex in meta.get("extractors", []):
+        got = resolve(ex["backbone"], **ex.get("options", {})).fingerprint
+        if got != ex["fingerprint"]:
+            raise HeadMismatchError(
+                f"the head was trained on {ex['backbone']} features with fingerprint "
+                f"{ex['fingerprint'][:16]}, but these options give {got[:16]} on this machine "
+                "(different weights, preprocessing or extractor version). Re-run the sweep to "
+                "train a head for this extractor."
+            )
+
+
+def predict(
+    source: str | Path | Source,
+    head: str | Path,
+    *,
+    split: str | None = None,
+    cache_dir: str | Path | None = None,
+    progress: bool = False,
+) -> Prediction:
+    """Predict labels for ``source``'s images (one split or all) with the saved ``head``."""
+    estimator, sidecar = load_head(Path(head))  # verifies the sha256 before unpickling
+    meta = sidecar["metadata"]
+    check_extractors(meta)
+    src = source if isinstance(source, Source) else open_source(source)
+    records = src.select(split)
+    sub = Source(src.name, src.kind, records, list(src.skipped), list(src.warnings), src.loader)
+    class_names = list(meta["class_names"])
+    blocks: list[tuple[np.ndarray, np.ndarray]] = []
+    skipped = list(src.skipped)
+    for ex in meta.get("extractors", []):
+        feats = load_features(sub, backbone=ex["backbone"], cache_dir=cache_dir,
+                              class_names=class_names, progress=progress,
+                              **ex.get("options", {}))
+        skipped += [s for s in feats.skipped if s not in skipped]
+        have = {k: i for i, k in enumerate(feats.keys)}
+        ok = np.array([r.key in have for r in records], dtype=bool)
+        X = np.zeros((len(records), feats.X.shape[1]), dtype=np.float32)
+        X[ok] = feats.X[[have[r.key] for r, o in zip(records, ok, strict=True) if o]]
+        blocks.append((X, ok))
+    if meta.get("pixels"):
+        X, ok, bad = pixel_rows(records, src.loader, size=int(meta["pixels"]))
+        skipped += [s for s in bad if s not in skipped]
+        blocks.append((X, ok))
+    if not blocks:
+        raise HeadMismatchError(f"{head}: the sidecar names no extractor and no pixel size")
+    ok_all = np.logical_and.reduce([ok for _, ok in blocks])
+    X = np.hstack([b for b, _ in blocks])[ok_all]
+    kept = [r for r, o in zip(records, ok_all, strict=True) if o]
+    pred = estimator.predict(X) if len(kept) else np.empty(0, dtype=int)
+    proba: list[float | None] = [None] * len(kept)
+    if len(kept) and hasattr(estimator, "predict_proba"):
+        try:
+            proba = [float(p) for p in estimator.predict_proba(X).max(axis=1)]
+        except AttributeError:  # e.g. a Pipeline whose final step has no predict_proba
+            pass
+    return Prediction(
+        paths=[r.path for r in kept],
+        labels=[r.label for r in kept],
+        predicted=[class_names[int(i)] for i in pred],
+        probability=proba,
+        skipped=skipped,
+        class_names=class_names,
+    )
