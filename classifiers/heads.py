@@ -58,7 +58,9 @@ def _scaled(clf: BaseEstimator) -> Pipeline:
 
 
 def _linear_svm() -> Pipeline:
-    # dual="auto" picks the primal solver when n_samples > n_features (the usual case here).
+    # dual=True (liblinear's dual coordinate descent), not dual="auto", which picks the primal
+    # solver when n_samples > n_features: on 1,600 x 1,280 standardised rows the dual was
+    # measured 2x faster at C <= 1e-3 and 9x faster at C = 0.1.
     return _scaled(LinearSVC(dual=True, max_iter=5000, random_state=RANDOM_STATE))
 
 
@@ -80,6 +82,9 @@ def _mlp() -> Pipeline:
     return _scaled(
         MLPClassifier(
             hidden_layer_sizes=(256,),
+            # 3e-3 rather than adam's 1e-3: about 40% fewer epochs to the early stop at the
+            # same accuracy on 1280-d standardised features (benchmarks/sweep_speed.py).
+            learning_rate_init=3e-3,
             early_stopping=True,
             validation_fraction=0.1,
             n_iter_no_change=10,

@@ -10,6 +10,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.datasets import make_classification
 from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 from sklearn.pipeline import Pipeline
+from threadpoolctl import threadpool_info
 
 from classifiers import heads as heads_module
 from classifiers.heads import HeadSpec
@@ -87,6 +88,7 @@ class SpyCentroid(ClassifierMixin, BaseEstimator):
     """Nearest shrunk centroid that records every array it is fitted on."""
 
     fitted_on: ClassVar[list[np.ndarray]] = []
+    threads: ClassVar[list[int]] = []
 
     def __init__(self, shrink: float = 0.0, random_state: int | None = None) -> None:
         self.shrink = shrink
@@ -94,6 +96,7 @@ class SpyCentroid(ClassifierMixin, BaseEstimator):
 
     def fit(self, X, y):
         type(self).fitted_on.append(np.array(X, copy=True))
+        type(self).threads.append(max(p["num_threads"] for p in threadpool_info()))
         self.classes_ = np.unique(y)
         centre = X.mean(axis=0)
         self.centroids_ = np.stack(
@@ -112,6 +115,7 @@ class SpyCentroid(ClassifierMixin, BaseEstimator):
 @pytest.fixture
 def spy_head(monkeypatch):
     SpyCentroid.fitted_on.clear()
+    SpyCentroid.threads.clear()
     spec = HeadSpec(
         name="spy",
         description="records its training data",
@@ -134,6 +138,13 @@ def test_test_rows_never_reach_fit(good: FeatureSet, spy_head) -> None:
         assert not rows & test_rows
     np.testing.assert_array_equal(SpyCentroid.fitted_on[-1], good.X_train)
     assert result.estimator[-1].random_state == 3  # the sweep seed reaches the head
+    assert set(SpyCentroid.threads) == {1}  # BLAS/OpenMP pools limited while fitting
+
+
+def test_blas_threads_none_leaves_the_pools_alone(good: FeatureSet, spy_head) -> None:
+    outside = max(p["num_threads"] for p in threadpool_info())
+    run_sweep([good], heads=["spy"], cv=2, blas_threads=None)
+    assert set(SpyCentroid.threads) == {outside}
 
 
 @pytest.mark.parametrize("head", ["spy", "logreg", "knn"])
@@ -196,6 +207,7 @@ def test_sweep_is_deterministic_and_reports_progress(good: FeatureSet) -> None:
         ({"heads": ["nope"]}, "unknown head 'nope'"),
         ({"heads": []}, "heads is empty"),
         ({"cv": 1}, "cv must be an integer >= 2"),
+        ({"blas_threads": 0}, "blas_threads must be None or an integer >= 1"),
     ],
 )
 def test_bad_arguments_are_rejected(good: FeatureSet, kwargs, message) -> None:

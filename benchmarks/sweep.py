@@ -1,0 +1,114 @@
+"""Run a whole table of sweeps (sources x backbones x heads) from a small config.
+
+Writes one combined leaderboard (Markdown, CSV, JSON) with a row per source x feature set x
+head, plus each source's own report folder. Features come through the cache, so a second run
+only trains heads.
+
+    python benchmarks/sweep.py                        # the default config below
+    python benchmarks/sweep.py --config my.json --out out/sweeps
+
+A config is JSON: {"sources": [{"name": ..., "path": ..., "anchors": {"label": 0.95}}],
+"backbones": [...], "combos": [...], "heads": null | [...], "cv": 5, "grid": true}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from classifiers.report import write_report
+from classifiers.sweep import run_sweep
+from featurestore.featuresets import build_sweep_data
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+DEFAULT_CONFIG: dict[str, Any] = {
+    "sources": [
+        {
+            "name": "hymenoptera",
+            "path": str(SHARED / "hymenoptera_data"),
+            "anchors": {"ResNet-18 frozen features, published best": 0.9477},
+        },
+        {
+            "name": "catvnoncat",
+            "path": str(SHARED / "catvnoncat"),
+            "anchors": {"raw-pixel logistic regression, published": 0.70,
+                        "raw-pixel 4-layer network, published": 0.80},
+        },
+        {"name": "digits", "path": "builtin:digits", "anchors": {}},
+    ],
+    "backbones": ["efficientnet_lite0", "efficientnet_lite1"],
+    "combos": ["efficientnet_lite0+efficientnet_lite1"],
+    "heads": None,
+    "cv": 5,
+    "grid": True,
+}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", type=Path, default=None, help="JSON config (default: built in)")
+    ap.add_argument("--out", type=Path, default=Path("out/sweeps"))
+    ap.add_argument("--cache-dir", type=Path, default=None)
+    args = ap.parse_args()
+    config = json.loads(args.config.read_text()) if args.config else DEFAULT_CONFIG
+    rows: list[dict[str, Any]] = []
+    started = time.perf_counter()
+    for source in config["sources"]:
+        path = source["path"]
+        if not path.startswith("builtin:") and not Path(path).exists():
+            print(f"skip {source['name']}: {path} not found")
+            continue
+        t = time.perf_counter()
+        data = build_sweep_data(path, backbones=config["backbones"], combos=config["combos"],
+                                cache_dir=args.cache_dir, progress=True)
+        t_feat = time.perf_counter() - t
+        results = run_sweep(data.feature_sets, heads=config["heads"], cv=config["cv"],
+                            use_grid=config["grid"],
+                            progress=lambda m, s=source["name"]: print(f"[{s}] {m}"))
+        notes = [f"Split: {data.plan.description}.",
+                 f"Features (extract or cache hit) {t_feat:.1f} s."]
+        best = results[0]
+        for label, value in source.get("anchors", {}).items():
+            notes.append(f"Anchor {label}: {value:.4f}; best here {best.feature_set}/"
+                         f"{best.head} {best.accuracy:.4f} ({best.accuracy - value:+.4f}).")
+        out = args.out / source["name"]
+        write_report(results, out, title=f"sweep: {source['name']}",
+                     provenance={"source": path, "config": config}, notes=notes)
+        for rank, r in enumerate(results, start=1):
+            rows.append({
+                "source": source["name"], "rank": rank, "feature_set": r.feature_set,
+                "head": r.head, "accuracy": round(r.accuracy, 4),
+                "balanced_accuracy": round(r.evaluation.summary["balanced_accuracy"], 4),
+                "macro_f1": round(r.macro_f1, 4),
+                "roc_auc": None if r.evaluation.summary.get("roc_auc") is None
+                else round(r.evaluation.summary["roc_auc"], 4),
+                "cv_score": round(r.cv_score, 4), "fit_seconds": round(r.fit_seconds, 2),
+                "n_train": r.n_train, "n_test": r.n_test, "n_features": r.n_features,
+                "params": {k: repr(v) for k, v in r.best_params.items()},
+            })
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "combined.json").write_text(json.dumps({"config": config, "rows": rows},
+                                                       indent=2))
+    with open(args.out / "combined.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]) if rows else ["source"])
+        w.writeheader()
+        w.writerows(rows)
+    lines = ["| source | rank | feature set | head | test acc | macro-F1 | ROC-AUC | CV acc | "
+             "fit s |", "|---|---:|---|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        auc = "" if r["roc_auc"] is None else f"{r['roc_auc']:.4f}"
+        lines.append(f"| {r['source']} | {r['rank']} | {r['feature_set']} | {r['head']} | "
+                     f"{r['accuracy']:.4f} | {r['macro_f1']:.4f} | {auc} | "
+                     f"{r['cv_score']:.4f} | {r['fit_seconds']:.2f} |")
+    table = "\n".join(lines)
+    (args.out / "combined.md").write_text(f"# Combined leaderboard\n\n{table}\n")
+    print(table)
+    print(f"\ntotal {time.perf_counter() - started:.1f} s; wrote {args.out}/combined.{{md,csv,json}}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,116 @@
+"""Sweeps over cached features, saved heads and predict, end to end through the CLI."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from featurestore.featuresets import build_sweep_data, plan_split
+from featurestore.datasets import open_source
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+CLI = [sys.executable, "-m", "featurestore.cli"]
+TINY = ["--weights", "none", "--input-size", "32", "--workers", "0"]
+
+
+def make_split_folder(root: Path, n_train: int = 10, n_val: int = 6) -> Path:
+    """Two classes that differ in colour, so any sensible head separates them."""
+    rng = np.random.default_rng(0)
+    for split, n in (("train", n_train), ("val", n_val)):
+        for cls, base in (("red", (200, 40, 40)), ("blue", (40, 40, 200))):
+            d = root / split / cls
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                arr = np.clip(np.array(base) + rng.normal(0, 30, (20, 20, 3)), 0, 255)
+                Image.fromarray(arr.astype(np.uint8)).save(d / f"{i}.png")
+    return root
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*CLI, *args], capture_output=True, text=True)
+
+
+def test_sweep_combo_every_head_then_predict_reproduces_accuracy(tmp_path: Path) -> None:
+    src = make_split_folder(tmp_path / "imgs")
+    out = tmp_path / "report"
+    cache = str(tmp_path / "cache")
+    r = run("sweep", str(src), "-b", "resnet18", "-b", "mobilenet_v3_small",
+            "--combo", "resnet18+mobilenet_v3_small", "--no-grid", "--cv", "3",
+            "--out", str(out), "--cache-dir", cache, *TINY)
+    assert r.returncode == 0, r.stderr
+    board = json.loads((out / "leaderboard.json").read_text())
+    rows = board["rows"]
+    from classifiers.heads import HEADS
+
+    combo = {row["head"] for row in rows if row["feature_set"] == "resnet18+mobilenet_v3_small"}
+    assert combo == set(HEADS)  # the combination ran through every head
+    assert {row["feature_set"] for row in rows} == {
+        "resnet18", "mobilenet_v3_small", "resnet18+mobilenet_v3_small", "pixels32"}
+    widths = {row["feature_set"]: row["n_features"] for row in rows}
+    assert widths["resnet18+mobilenet_v3_small"] == 512 + 1024
+    assert all(row["n_train"] == 20 and row["n_test"] == 12 for row in rows)
+    for name in ("leaderboard.md", "leaderboard.csv", "confusion_best.png", "roc.png",
+                 "leaderboard.png", "best_head.joblib", "best_head.joblib.json"):
+        assert (out / name).stat().st_size > 0
+    best = rows[0]
+    p = run("predict", str(src), "--split", "val", "--head", str(out / "best_head.joblib"),
+            "--out", str(tmp_path / "pred.csv"), "--cache-dir", cache)
+    assert p.returncode == 0, p.stderr
+    with open(tmp_path / "pred.csv") as fh:
+        preds = list(csv.DictReader(fh))
+    acc = sum(row["predicted"] == row["label"] for row in preds) / len(preds)
+    assert len(preds) == 12 and acc == pytest.approx(best["accuracy"], abs=0)
+
+
+def test_predict_refuses_tampered_head_and_foreign_extractor(tmp_path: Path) -> None:
+    src = make_split_folder(tmp_path / "imgs", n_train=6, n_val=2)
+    out = tmp_path / "report"
+    cache = str(tmp_path / "cache")
+    r = run("sweep", str(src), "-b", "resnet18", "--heads", "logreg", "--no-pixels",
+            "--no-grid", "--cv", "2", "--out", str(out), "--cache-dir", cache, *TINY)
+    assert r.returncode == 0, r.stderr
+    head = out / "best_head.joblib"
+    side = out / "best_head.joblib.json"
+    meta = json.loads(side.read_text())
+    meta["metadata"]["extractors"][0]["fingerprint"] = "0" * 64
+    side.write_text(json.dumps(meta))
+    p = run("predict", str(src), "--head", str(head), "--cache-dir", cache)
+    assert p.returncode == 1 and "fingerprint" in p.stderr
+    data = bytearray(head.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    head.write_bytes(bytes(data))
+    p = run("predict", str(src), "--head", str(head), "--cache-dir", cache)
+    assert p.returncode == 1 and "sha256" in p.stderr
+
+
+def test_split_plan_without_splits_is_deterministic_and_stratified(tmp_path: Path) -> None:
+    src = make_split_folder(tmp_path / "imgs")
+    flat = open_source(src / "train")
+    a = plan_split(flat)
+    b = plan_split(open_source(src / "train"))
+    assert np.array_equal(a.test_mask, b.test_mask) and a.test_mask.any()
+    labels = np.array([r.label for r in flat.records])
+    for c in ("red", "blue"):
+        assert a.test_mask[labels == c].any() and a.train_mask[labels == c].any()
+
+
+@pytest.mark.skipif(not (SHARED / "catvnoncat").is_dir(), reason="../shared/datasets absent")
+def test_catvnoncat_pretrained_features_beat_raw_pixels(tmp_path: Path) -> None:
+    from classifiers.sweep import run_sweep
+
+    data = build_sweep_data(SHARED / "catvnoncat", backbones=["efficientnet_lite0"],
+                            cache_dir=tmp_path / "c")
+    assert [fs.name for fs in data.feature_sets] == ["efficientnet_lite0", "pixels32"]
+    assert data.feature_sets[0].X_train.shape == (209, 1280)
+    assert data.feature_sets[0].X_test.shape == (50, 1280)
+    results = run_sweep(data.feature_sets, heads=["logreg"], cv=3)
+    acc = {r.feature_set: r.accuracy for r in results}
+    assert acc["efficientnet_lite0"] >= 0.90
+    assert acc["efficientnet_lite0"] - acc["pixels32"] >= 0.15
