@@ -35,8 +35,10 @@ DEFAULT_CONFIG: dict[str, Any] = {
         {
             "name": "catvnoncat",
             "path": str(SHARED / "catvnoncat"),
-            "anchors": {"raw-pixel logistic regression, published": 0.70,
-                        "raw-pixel 4-layer network, published": 0.80},
+            "anchors": {
+                "raw-pixel logistic regression, published": 0.70,
+                "raw-pixel 4-layer network, published": 0.80,
+            },
         },
         {"name": "digits", "path": "builtin:digits", "anchors": {}},
     ],
@@ -63,51 +65,83 @@ def main() -> None:
             print(f"skip {source['name']}: {path} not found")
             continue
         t = time.perf_counter()
-        data = build_sweep_data(path, backbones=config["backbones"], combos=config["combos"],
-                                cache_dir=args.cache_dir, progress=True)
+        data = build_sweep_data(
+            path,
+            backbones=config["backbones"],
+            combos=config["combos"],
+            cache_dir=args.cache_dir,
+            progress=True,
+        )
         t_feat = time.perf_counter() - t
-        results = run_sweep(data.feature_sets, heads=config["heads"], cv=config["cv"],
-                            use_grid=config["grid"],
-                            progress=lambda m, s=source["name"]: print(f"[{s}] {m}"))
-        notes = [f"Split: {data.plan.description}.",
-                 f"Features (extract or cache hit) {t_feat:.1f} s."]
+        results = run_sweep(
+            data.feature_sets,
+            heads=config["heads"],
+            cv=config["cv"],
+            use_grid=config["grid"],
+            progress=lambda m, s=source["name"]: print(f"[{s}] {m}"),
+        )
+        notes = [
+            f"Split: {data.plan.description}.",
+            f"Features (extract or cache hit) {t_feat:.1f} s.",
+        ]
         best = results[0]
         for label, value in source.get("anchors", {}).items():
-            notes.append(f"Anchor {label}: {value:.4f}; best here {best.feature_set}/"
-                         f"{best.head} {best.accuracy:.4f} ({best.accuracy - value:+.4f}).")
+            notes.append(
+                f"Anchor {label}: {value:.4f}; best here {best.feature_set}/"
+                f"{best.head} {best.accuracy:.4f} ({best.accuracy - value:+.4f})."
+            )
         out = args.out / source["name"]
-        write_report(results, out, title=f"sweep: {source['name']}",
-                     provenance={"source": path, "config": config}, notes=notes)
+        write_report(
+            results,
+            out,
+            title=f"sweep: {source['name']}",
+            provenance={"source": path, "config": config},
+            notes=notes,
+        )
         for rank, r in enumerate(results, start=1):
-            rows.append({
-                "source": source["name"], "rank": rank, "feature_set": r.feature_set,
-                "head": r.head, "accuracy": round(r.accuracy, 4),
-                "balanced_accuracy": round(r.evaluation.summary["balanced_accuracy"], 4),
-                "macro_f1": round(r.macro_f1, 4),
-                "roc_auc": None if r.evaluation.summary.get("roc_auc") is None
-                else round(r.evaluation.summary["roc_auc"], 4),
-                "cv_score": round(r.cv_score, 4), "fit_seconds": round(r.fit_seconds, 2),
-                "n_train": r.n_train, "n_test": r.n_test, "n_features": r.n_features,
-                "params": {k: repr(v) for k, v in r.best_params.items()},
-            })
+            rows.append(
+                {
+                    "source": source["name"],
+                    "rank": rank,
+                    "feature_set": r.feature_set,
+                    "head": r.head,
+                    "accuracy": round(r.accuracy, 4),
+                    "balanced_accuracy": round(r.evaluation.summary["balanced_accuracy"], 4),
+                    "macro_f1": round(r.macro_f1, 4),
+                    "roc_auc": None
+                    if r.evaluation.summary.get("roc_auc") is None
+                    else round(r.evaluation.summary["roc_auc"], 4),
+                    "cv_score": round(r.cv_score, 4),
+                    "fit_seconds": round(r.fit_seconds, 2),
+                    "n_train": r.n_train,
+                    "n_test": r.n_test,
+                    "n_features": r.n_features,
+                    "params": {k: repr(v) for k, v in r.best_params.items()},
+                }
+            )
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "combined.json").write_text(json.dumps({"config": config, "rows": rows},
-                                                       indent=2))
+    (args.out / "combined.json").write_text(json.dumps({"config": config, "rows": rows}, indent=2))
     with open(args.out / "combined.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=list(rows[0]) if rows else ["source"])
         w.writeheader()
         w.writerows(rows)
-    lines = ["| source | rank | feature set | head | test acc | macro-F1 | ROC-AUC | CV acc | "
-             "fit s |", "|---|---:|---|---|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| source | rank | feature set | head | test acc | macro-F1 | ROC-AUC | CV acc | fit s |",
+        "|---|---:|---|---|---:|---:|---:|---:|---:|",
+    ]
     for r in rows:
         auc = "" if r["roc_auc"] is None else f"{r['roc_auc']:.4f}"
-        lines.append(f"| {r['source']} | {r['rank']} | {r['feature_set']} | {r['head']} | "
-                     f"{r['accuracy']:.4f} | {r['macro_f1']:.4f} | {auc} | "
-                     f"{r['cv_score']:.4f} | {r['fit_seconds']:.2f} |")
+        lines.append(
+            f"| {r['source']} | {r['rank']} | {r['feature_set']} | {r['head']} | "
+            f"{r['accuracy']:.4f} | {r['macro_f1']:.4f} | {auc} | "
+            f"{r['cv_score']:.4f} | {r['fit_seconds']:.2f} |"
+        )
     table = "\n".join(lines)
     (args.out / "combined.md").write_text(f"# Combined leaderboard\n\n{table}\n")
     print(table)
-    print(f"\ntotal {time.perf_counter() - started:.1f} s; wrote {args.out}/combined.{{md,csv,json}}")
+    print(
+        f"\ntotal {time.perf_counter() - started:.1f} s; wrote {args.out}/combined.{{md,csv,json}}"
+    )
 
 
 if __name__ == "__main__":

@@ -87,16 +87,23 @@ def load_features(
         present = mask if present is None else present & mask
         blocks.append(store)  # type: ignore[arg-type]  # read below once alignment is known
         extractors.append(
-            {"backbone": name, "fingerprint": ex.fingerprint, "nodes": list(ex.nodes),
-             "pooling": ex.pooling, "store": str(store.path), "spec": ex.spec}
+            {
+                "backbone": name,
+                "fingerprint": ex.fingerprint,
+                "nodes": list(ex.nodes),
+                "pooling": ex.pooling,
+                "store": str(store.path),
+                "spec": ex.spec,
+            }
         )
     assert present is not None
     kept = [r for r, ok in zip(records, present, strict=True) if ok]
     keys = [r.key for r in kept]
     X = np.hstack([store.read(keys) for store in blocks]) if keys else np.empty((0, 0))
     index = {c: i for i, c in enumerate(names)}
-    y = np.array([index.get(r.label, -1) if r.label is not None else -1 for r in kept],
-                 dtype=np.int64)
+    y = np.array(
+        [index.get(r.label, -1) if r.label is not None else -1 for r in kept], dtype=np.int64
+    )
     return Features(
         X=X.astype(np.float32, copy=False),
         y=y,

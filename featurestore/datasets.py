@@ -19,6 +19,7 @@ import csv
 import logging
 import os
 import re
+import stat
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -127,7 +128,10 @@ def _hash_files(
 
     def one(path: Path) -> tuple[Path, str | None, str | None]:
         try:
-            if path.stat().st_size == 0:
+            st = path.stat()
+            if not stat.S_ISREG(st.st_mode):  # a FIFO would block, a device never end
+                return path, None, f"not a regular file ({_file_type(st.st_mode)})"
+            if st.st_size == 0:
                 return path, None, "empty file (0 bytes)"
             return path, file_key(path), None
         except OSError as exc:
@@ -137,6 +141,19 @@ def _hash_files(
         return [one(p) for p in paths]
     with ThreadPoolExecutor(max_workers=threads) as pool:
         return list(pool.map(one, paths, chunksize=64))
+
+
+def _file_type(mode: int) -> str:
+    for test, name in (
+        (stat.S_ISDIR, "a folder"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    ):
+        if test(mode):
+            return name
+    return "not a plain file"
 
 
 def _walk_files(root: Path, skipped: list[Skipped]) -> list[Path]:
@@ -226,18 +243,30 @@ def from_csv(path: Path) -> Source:
     """A CSV manifest of ``path,label[,split]``; paths are relative to the CSV's folder."""
     skipped: list[Skipped] = []
     base = path.parent
-    with open(path, newline="", encoding="utf-8") as fh:
-        rows = [r for r in csv.reader(fh) if r and any(c.strip() for c in r)]
-    if rows and rows[0][0].strip().lower() == "path":
-        header = [c.strip().lower() for c in rows[0]]
-        rows = rows[1:]
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            reader = csv.reader(fh)
+            # (line number, row) for non-blank rows; line_num counts physical lines
+            numbered = [(reader.line_num, r) for r in reader if r and any(c.strip() for c in r)]
+    except UnicodeDecodeError as exc:
+        raise SourceError(f"{path}: a manifest must be UTF-8 text ({exc})") from exc
+    except csv.Error as exc:
+        raise SourceError(f"{path}: not a readable CSV manifest ({exc})") from exc
+    if not numbered:
+        raise SourceError(f"{path}: the manifest is empty (expected lines of path,label[,split])")
+    if numbered[0][1][0].strip().lower() == "path":
+        header = [c.strip().lower() for c in numbered[0][1]]
+        numbered = numbered[1:]
     else:
-        header = ["path", "label", "split"][: max(len(r) for r in rows)] if rows else []
+        header = ["path", "label", "split"][: max(len(r) for _, r in numbered)]
     if "path" not in header:
         raise SourceError(f"{path}: a manifest needs a 'path' column, got {header}")
     col = {name: i for i, name in enumerate(header)}
     entries = []
-    for n, row in enumerate(rows, start=2 if header else 1):
+    for n, row in numbered:
+        if len(row) <= col["path"] or not row[col["path"]].strip():
+            skipped.append(Skipped(f"{path}:{n}", f"no path (manifest line {n})"))
+            continue
         rel = row[col["path"]].strip()
         file = (base / rel) if not os.path.isabs(rel) else Path(rel)
         label = row[col["label"]].strip() or None if "label" in col and len(row) > col["label"] \

@@ -68,15 +68,22 @@ def plan_split(
                 "with --train-split/--test-split"
             )
         split_of = np.array([r.split for r in src.records], dtype=object)
-        return SplitPlan(split_of == train, split_of == test,
-                         f"given splits: train on '{train}', evaluate on '{test}'")
+        return SplitPlan(
+            split_of == train,
+            split_of == test,
+            f"given splits: train on '{train}', evaluate on '{test}'",
+        )
     if any(lab is None for lab in labels):
         raise SourceError(f"{src.name}: every image needs a label for a sweep")
-    is_test = stratified_hash_split([r.key for r in src.records], labels,
-                                    test_fraction=test_fraction, seed=seed)
-    return SplitPlan(~is_test, is_test,
-                     f"no splits in the source: deterministic stratified hash split of the image "
-                     f"keys, test fraction {test_fraction}, seed {seed}")
+    is_test = stratified_hash_split(
+        [r.key for r in src.records], labels, test_fraction=test_fraction, seed=seed
+    )
+    return SplitPlan(
+        ~is_test,
+        is_test,
+        f"no splits in the source: deterministic stratified hash split of the image "
+        f"keys, test fraction {test_fraction}, seed {seed}",
+    )
 
 
 def build_sweep_data(
@@ -104,8 +111,14 @@ def build_sweep_data(
     skipped: list[Skipped] = list(src.skipped)
     wanted = list(dict.fromkeys([*backbones, *(p for c in combos for p in c.split("+"))]))
     for name in wanted:
-        feats = load_features(sub, backbone=name, cache_dir=cache_dir, class_names=class_names,
-                              progress=progress, **options)
+        feats = load_features(
+            sub,
+            backbone=name,
+            cache_dir=cache_dir,
+            class_names=class_names,
+            progress=progress,
+            **options,
+        )
         skipped += [s for s in feats.skipped if s not in skipped]
         have = {k: i for i, k in enumerate(feats.keys)}
         ok = np.array([r.key in have for r in records], dtype=bool)
@@ -113,9 +126,18 @@ def build_sweep_data(
         X[ok] = feats.X[[have[r.key] for r, o in zip(records, ok, strict=True) if o]]
         ex = feats.extractors[0]
         opts = {k: v for k, v in options.items() if k in EXTRACT_OPTIONS}
-        blocks[name] = (X, ok, {"backbone": name, "fingerprint": ex["fingerprint"],
-                                "nodes": ex["nodes"], "pooling": ex["pooling"],
-                                "store": ex["store"], "options": _json_options(opts)})
+        blocks[name] = (
+            X,
+            ok,
+            {
+                "backbone": name,
+                "fingerprint": ex["fingerprint"],
+                "nodes": ex["nodes"],
+                "pooling": ex["pooling"],
+                "store": ex["store"],
+                "options": _json_options(opts),
+            },
+        )
     if pixels:
         X, ok, bad = pixel_rows(records, src.loader, size=pixel_size)
         skipped += [s for s in bad if s not in skipped]
@@ -133,8 +155,17 @@ def build_sweep_data(
         prov = {"extractors": [blocks[p][2] for p in parts if "pixels" not in blocks[p][2]]}
         if name.startswith("pixels") and name not in combos:
             prov = {"pixels": {"size": pixel_size, "resize": "bilinear squash, /255"}}
-        sets.append(FeatureSet(name=name, X_train=X[tr], y_train=y[tr], X_test=X[te],
-                               y_test=y[te], class_names=class_names, provenance=prov))
+        sets.append(
+            FeatureSet(
+                name=name,
+                X_train=X[tr],
+                y_train=y[tr],
+                X_test=X[te],
+                y_test=y[te],
+                class_names=class_names,
+                provenance=prov,
+            )
+        )
     return SweepData(
         feature_sets=sets,
         plan=plan,

@@ -46,8 +46,7 @@ class Prediction:
         with open(path, "w", newline="", encoding="utf-8") as fh:
             w = csv.writer(fh)
             w.writerow(["path", "predicted", "probability", "label"])
-            for row in zip(self.paths, self.predicted, self.probability, self.labels,
-                           strict=True):
+            for row in zip(self.paths, self.predicted, self.probability, self.labels, strict=True):
                 p = "" if row[2] is None else f"{row[2]:.6f}"
                 w.writerow([row[0], row[1], p, row[3] or ""])
 
@@ -84,9 +83,14 @@ def predict(
     blocks: list[tuple[np.ndarray, np.ndarray]] = []
     skipped = list(src.skipped)
     for ex in meta.get("extractors", []):
-        feats = load_features(sub, backbone=ex["backbone"], cache_dir=cache_dir,
-                              class_names=class_names, progress=progress,
-                              **ex.get("options", {}))
+        feats = load_features(
+            sub,
+            backbone=ex["backbone"],
+            cache_dir=cache_dir,
+            class_names=class_names,
+            progress=progress,
+            **ex.get("options", {}),
+        )
         skipped += [s for s in feats.skipped if s not in skipped]
         have = {k: i for i, k in enumerate(feats.keys)}
         ok = np.array([r.key in have for r in records], dtype=bool)

@@ -15,9 +15,14 @@ or the new good state; readers merge the consolidated file with any parts, first
 key wins, so a part whose rows were already merged is harmless.
 
 Every dataset is chunked with the fletcher32 checksum filter and files use the v110 format
-(checksummed superblock, object headers and chunk index), so a flipped byte is reported as an
-error on read instead of returning a wrong number. Any error HDF5 raises on a damaged file becomes
+(checksummed superblock, object headers and chunk index); string attributes are fixed-length so
+they live in the checksummed object header, not in HDF5's unchecksummed global heap. A flipped
+byte anywhere outside unused space is therefore reported as an error on read instead of
+returning a wrong number. Any error HDF5 raises on a damaged file becomes
 :class:`StoreCorruptError`, whose message names the damaged file and how to rebuild.
+
+HDF5 writes go through :class:`_Sink`, which never lets a write fail under HDF5 (on a full disk
+HDF5's own error path crashes the process); the error is raised once HDF5 has finished.
 
 Temporary files left by a killed writer (``.parts/.tmp-<host>-<pid>-*.h5`` and
 ``.<name>.h5.tmp-*``) are never read; the next compaction deletes them once their writer is gone.
@@ -49,7 +54,8 @@ from featurestore.keys import KEY_LENGTH, canonical_json, fingerprint
 log = logging.getLogger(__name__)
 
 FORMAT = "featurestore-hdf5"
-FORMAT_VERSION = 1
+# 2: string attributes are fixed-length UTF-8 bytes (1: variable-length strings); both read.
+FORMAT_VERSION = 2
 KEY_DTYPE = f"S{KEY_LENGTH}"
 _TARGET_CHUNK_BYTES = 256 * 1024
 _HEX = re.compile(rb"^[0-9a-f]{64}$")
@@ -128,6 +134,55 @@ def _fsync_path(path: Path) -> None:
         os.close(fd)
 
 
+class _Sink:
+    """The file h5py writes through (its ``fileobj`` driver) that never fails a write.
+
+    HDF5 cannot recover from a failed write: on a full disk its close fails and freeing the
+    objects afterwards crashes the process (segfault). So the first OSError is kept, later writes
+    are dropped, HDF5 finishes normally, and :func:`_write_rows` raises the kept error (the
+    caller deletes the half-written temp file).
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.file = open(path, "w+b", buffering=0)  # closed by _write_rows
+        self.error: OSError | None = None
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data).cast("B")
+        n = len(view)
+        if self.error is None:
+            try:
+                done = self.file.write(view)
+                while done < n:  # a short write, e.g. when the disk is nearly full
+                    done += self.file.write(view[done:])
+            except OSError as exc:
+                self.error = exc
+        return n
+
+    def truncate(self, size: int | None = None) -> int:
+        if self.error is None:
+            try:
+                return self.file.truncate(size)
+            except OSError as exc:
+                self.error = exc
+        return self.file.tell() if size is None else size
+
+    def readinto(self, buf: Any) -> int:
+        return self.file.readinto(buf)
+
+    def read(self, n: int = -1) -> bytes:
+        return self.file.read(n)
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        return self.file.seek(pos, whence)
+
+    def tell(self) -> int:
+        return self.file.tell()
+
+    def flush(self) -> None:
+        pass  # unbuffered; durability comes from the fsync in _write_rows
+
+
 def _write_rows(
     path: Path,
     keys: np.ndarray,
@@ -136,41 +191,75 @@ def _write_rows(
     *,
     source: h5py.File | None = None,
 ) -> None:
-    """Write ``source``'s rows (if any) followed by ``keys``/``rows`` to a new file at ``path``."""
+    """Write ``source``'s rows (if any) followed by ``keys``/``rows`` to a new file at ``path``,
+    fsynced. Raises OSError (e.g. ENOSPC) if any byte could not be written."""
     n_old = 0 if source is None else int(source["keys"].shape[0])
     n = n_old + len(keys)
     dim = int(rows.shape[1])
     chunk = min(_chunk_rows(dim), max(1, n))
-    with h5py.File(path, "w", libver="v110") as f:
-        feats = f.create_dataset(
-            "features",
-            shape=(n, dim),
-            maxshape=(None, dim),
-            dtype="float32",
-            chunks=(chunk, dim),
-            fletcher32=True,
-        )
-        kds = f.create_dataset(
-            "keys",
-            shape=(n,),
-            maxshape=(None,),
-            dtype=KEY_DTYPE,
-            chunks=(max(1, min(n, 4096)),),
-            fletcher32=True,
-        )
-        if source is not None:
-            step = max(chunk, 8192)
-            for start in range(0, n_old, step):
-                stop = min(n_old, start + step)
-                feats[start:stop] = source["features"][start:stop]
-                kds[start:stop] = source["keys"][start:stop]
-        feats[n_old:] = rows
-        kds[n_old:] = keys
-        for name, value in attrs.items():
-            f.attrs[name] = value
-        f.attrs["n_rows"] = n
-        f.attrs["feature_dim"] = dim
-    _fsync_path(path)
+    sink = _Sink(path)
+    try:
+        with h5py.File(sink, "w", libver="v110") as f:
+            feats = f.create_dataset(
+                "features",
+                shape=(n, dim),
+                maxshape=(None, dim),
+                dtype="float32",
+                chunks=(chunk, dim),
+                fletcher32=True,
+            )
+            kds = f.create_dataset(
+                "keys",
+                shape=(n,),
+                maxshape=(None,),
+                dtype=KEY_DTYPE,
+                chunks=(max(1, min(n, 4096)),),
+                fletcher32=True,
+            )
+            if source is not None:
+                step = max(chunk, 8192)
+                for start in range(0, n_old, step):
+                    stop = min(n_old, start + step)
+                    feats[start:stop] = source["features"][start:stop]
+                    kds[start:stop] = source["keys"][start:stop]
+            feats[n_old:] = rows
+            kds[n_old:] = keys
+            for name, value in attrs.items():
+                f.attrs[name] = _fixed_text(value) if isinstance(value, str) else value
+            f.attrs["n_rows"] = n
+            f.attrs["feature_dim"] = dim
+        if sink.error is None:
+            os.fsync(sink.file.fileno())
+    except Exception as exc:
+        if sink.error is not None:  # HDF5 tripped over the bytes it could not write
+            raise sink.error from exc
+        raise
+    finally:
+        sink.file.close()
+    if sink.error is not None:
+        raise sink.error
+
+
+def _fixed_text(text: str) -> np.ndarray:
+    """A string attribute as fixed-length UTF-8 bytes: stored inside the (checksummed) object
+    header. h5py's default, a variable-length string, lives in the global heap, which HDF5 does
+    not checksum: a flipped byte there can change an attribute or make reading it hang."""
+    data = text.encode("utf-8")
+    return np.array(data, dtype=f"S{max(1, len(data))}")
+
+
+def _attr_text(f: h5py.File, name: str, default: str | None = None) -> str:
+    """A string attribute, written as fixed-length bytes or (older stores) variable-length."""
+    if default is not None and name not in f.attrs:
+        return default
+    value = f.attrs[name]
+    if isinstance(value, np.ndarray) and value.shape == ():
+        value = value[()]
+    if isinstance(value, bytes):
+        return value.decode("utf-8")
+    if not isinstance(value, str):
+        raise TypeError(f"attribute {name!r} is a {type(value).__name__}, not text")
+    return value
 
 
 def _as_key_array(keys: Sequence[str] | np.ndarray) -> np.ndarray:
@@ -269,8 +358,8 @@ class FeatureStore:
 
     def _check_attrs(self, f: h5py.File, where: Path) -> None:
         try:
-            spec = json.loads(f.attrs["spec"])
-            fp = str(f.attrs["fingerprint"])
+            spec = json.loads(_attr_text(f, "spec"))
+            fp = _attr_text(f, "fingerprint")
         except _H5_ERRORS as exc:
             raise StoreCorruptError(
                 f"{where}: missing or unreadable attributes ({exc})", file=where
@@ -286,7 +375,7 @@ class FeatureStore:
             )
         try:
             n = f["keys"].shape[0]
-            n_feat, dim = f["features"].shape
+            n_feat = f["features"].shape[0]
             n_rows = int(f.attrs.get("n_rows", n))
         except _H5_ERRORS as exc:
             raise StoreCorruptError(f"{where}: unreadable datasets ({exc})", file=where) from exc
@@ -298,12 +387,12 @@ class FeatureStore:
     def _open(self, path: Path) -> h5py.File:
         try:
             f = h5py.File(path, "r")
-        except FileNotFoundError as exc:
-            raise _VanishedError(
-                f"{path} disappeared while reading (another process compacted the store); "
-                "run again"
-            ) from exc
         except _H5_ERRORS as exc:
+            if not path.exists():  # HDF5 reports a vanished file in several ways
+                raise _VanishedError(
+                    f"{path} disappeared while reading (another process compacted the "
+                    "store); run again"
+                ) from exc
             raise StoreCorruptError(f"{path}: not a readable HDF5 file ({exc})", file=path) from exc
         try:
             try:
@@ -324,7 +413,9 @@ class FeatureStore:
         try:
             return f["keys"][...]
         except _H5_ERRORS as exc:
-            raise StoreCorruptError(f"{where}: keys dataset unreadable ({exc})", file=where) from exc
+            raise StoreCorruptError(
+                f"{where}: keys dataset unreadable ({exc})", file=where
+            ) from exc
 
     def _retrying(self, fn: Any) -> Any:
         """Run ``fn`` again when a file vanished under it (only possible without the lock)."""
@@ -396,10 +487,12 @@ class FeatureStore:
         stale = self._main_temps() + [t for t in self._part_temps() if _is_stale_part_tmp(t)]
         removed = 0
         for tmp in stale:
-            with contextlib.suppress(FileNotFoundError):
+            try:
                 tmp.unlink()
-                removed += 1
-                log.info("removed %s, left by an interrupted writer", tmp)
+            except OSError:  # gone already, or a read-only cache: nothing to do
+                continue
+            removed += 1
+            log.info("removed %s, left by an interrupted writer", tmp)
         return removed
 
     def compact(self, *, force: bool = False) -> int:
@@ -410,7 +503,11 @@ class FeatureStore:
         many rows as the consolidated file (or many parts). With nothing to merge or clean up
         it returns at once without the lock, so a read-only cache that is complete works.
         """
-        if not self._part_paths() and not self._main_temps() and not self._part_temps():
+        if not self._part_paths():
+            if self._main_temps() or self._part_temps():
+                # Best effort: a read-only cache that holds nothing to merge must still work.
+                with contextlib.suppress(StoreError), self._locked(exclusive=True):
+                    self._remove_stale_temps()
             return 0
         with self._locked(exclusive=True):
             self._remove_stale_temps()
@@ -561,9 +658,7 @@ class FeatureStore:
                     ds = f["features"]
                     dim = int(ds.shape[1]) if dim is None else dim
                     if ds.shape[1] != dim:
-                        raise StoreCorruptError(
-                            f"{path}: width {ds.shape[1]} != {dim}", file=path
-                        )
+                        raise StoreCorruptError(f"{path}: width {ds.shape[1]} != {dim}", file=path)
                     fkeys = self._read_keys(f, path).tolist()
                     src_idx, dst_idx = [], []
                     for j, k in enumerate(fkeys):
@@ -627,8 +722,8 @@ class FeatureStore:
                 if not sources:
                     raise StoreError(f"no store at {self.path}")
                 with self._open(sources[0]) as f:
-                    spec = json.loads(f.attrs["spec"])
-                    fp = str(f.attrs["fingerprint"])
+                    spec = json.loads(_attr_text(f, "spec"))
+                    fp = _attr_text(f, "fingerprint")
                     dim = int(f["features"].shape[1])
                     prov = _json_attr(f, "provenance", sources[0])
                 n_parts = len(self._part_paths())
@@ -664,9 +759,11 @@ def rebuild_hint(store: Path, damaged: Path) -> str:
 
 def _json_attr(f: h5py.File, name: str, where: Path) -> dict[str, Any]:
     try:
-        value = json.loads(f.attrs.get(name, "{}"))
+        value = json.loads(_attr_text(f, name, "{}"))
     except _H5_ERRORS as exc:
-        raise StoreCorruptError(f"{where}: attribute {name!r} unreadable ({exc})", file=where) from exc
+        raise StoreCorruptError(
+            f"{where}: attribute {name!r} unreadable ({exc})", file=where
+        ) from exc
     if not isinstance(value, dict):
         raise StoreCorruptError(f"{where}: attribute {name!r} is not a JSON object", file=where)
     return value
@@ -752,7 +849,7 @@ def _verify_into(store: FeatureStore, report: VerifyReport) -> None:
             continue
         with f:
             try:
-                fps.add(str(f.attrs["fingerprint"]))
+                fps.add(_attr_text(f, "fingerprint"))
                 width = int(f["features"].shape[1])
                 report.feature_dim = report.feature_dim or width
                 if width != report.feature_dim:
@@ -777,9 +874,12 @@ def _verify_into(store: FeatureStore, report: VerifyReport) -> None:
     report.n_rows = len(set(all_keys))
     stale = store._main_temps() + store._part_temps()
     if stale:
-        log.info("%d temporary file(s) of interrupted or running writers next to %s (never "
-                 "read; the next compaction deletes those whose writer is gone)",
-                 len(stale), store.path)
+        log.info(
+            "%d temporary file(s) of interrupted or running writers next to %s (never "
+            "read; the next compaction deletes those whose writer is gone)",
+            len(stale),
+            store.path,
+        )
 
 
 def list_stores(root: Path | str) -> list[StoreInfo]:

@@ -94,8 +94,7 @@ def test_table_matches_a_fresh_derivation(name: str) -> None:
 
 
 def test_seed_example_vgg16_last_pool_flattened_at_150_gives_8192() -> None:
-    ex = resolve("vgg16", weights="none", nodes=["features.30"], pooling="flatten",
-                 input_size=150)
+    ex = resolve("vgg16", weights="none", nodes=["features.30"], pooling="flatten", input_size=150)
     model = ex.build("cpu")
     with torch.inference_mode():
         out = model(torch.randint(0, 256, (1, 3, 150, 150), dtype=torch.uint8))
@@ -103,8 +102,9 @@ def test_seed_example_vgg16_last_pool_flattened_at_150_gives_8192() -> None:
 
 
 def test_several_nodes_in_one_pass_concatenate() -> None:
-    ex = resolve("resnet18", weights="none", nodes=["layer3", "layer4"], pooling="avg",
-                 input_size=64)
+    ex = resolve(
+        "resnet18", weights="none", nodes=["layer3", "layer4"], pooling="avg", input_size=64
+    )
     with torch.inference_mode():
         out = ex.build("cpu")(torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8))
     assert out.shape == (2, 256 + 512)

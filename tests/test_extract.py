@@ -94,8 +94,15 @@ def test_load_features_aligns_rows_labels_and_splits(tmp_path: Path) -> None:
     assert train.y.tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
     store = FeatureStore(train.extractors[0]["store"])
     assert np.array_equal(store.read(train.keys), train.X)
-    both = load_features(root, backbone=["resnet18", "resnet18"], split="val", cache_dir=cache,
-                         workers=0, weights="none", input_size=32)
+    both = load_features(
+        root,
+        backbone=["resnet18", "resnet18"],
+        split="val",
+        cache_dir=cache,
+        workers=0,
+        weights="none",
+        input_size=32,
+    )
     assert both.X.shape == (4, 1024) and np.array_equal(both.X[:, :512], val.X)
 
 
@@ -145,21 +152,39 @@ def test_cli_extract_json_ls_info_verify(tmp_path: Path) -> None:
     src = make_folder(tmp_path / "imgs", per_class=2)
     cache = tmp_path / "c"
     cmd = [sys.executable, "-m", "featurestore.cli"]
-    args = ["--backbone", "resnet18", "--weights", "none", "--input-size", "32", "--cache-dir",
-            str(cache), "--workers", "0"]
-    out = subprocess.run([*cmd, "extract", str(src), *args, "--json"], capture_output=True,
-                         text=True, check=True)
+    args = [
+        "--backbone",
+        "resnet18",
+        "--weights",
+        "none",
+        "--input-size",
+        "32",
+        "--cache-dir",
+        str(cache),
+        "--workers",
+        "0",
+    ]
+    out = subprocess.run(
+        [*cmd, "extract", str(src), *args, "--json"], capture_output=True, text=True, check=True
+    )
     summary = json.loads(out.stdout)
     assert summary["extracted"] == 4 and summary["skipped"] == 0
     assert summary["feature_dim"] == 512 and summary["images_per_s"] > 0
     store = summary["store"]
-    ls = subprocess.run([*cmd, "ls", "--cache-dir", str(cache), "--json"], capture_output=True,
-                        text=True, check=True)
+    ls = subprocess.run(
+        [*cmd, "ls", "--cache-dir", str(cache), "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert json.loads(ls.stdout)[0]["n_rows"] == 4
-    info = subprocess.run([*cmd, "info", store, "--json"], capture_output=True, text=True,
-                          check=True)
+    info = subprocess.run(
+        [*cmd, "info", store, "--json"], capture_output=True, text=True, check=True
+    )
     assert json.loads(info.stdout)["spec"]["backbone"] == "resnet18"
     ver = subprocess.run([*cmd, "verify", store], capture_output=True, text=True)
     assert ver.returncode == 0 and "OK" in ver.stdout
     human = subprocess.run([*cmd, "extract", str(src), *args], capture_output=True, text=True)
-    assert human.returncode == 0 and "extracted  0" in human.stdout and "reused     4" in human.stdout
+    assert (
+        human.returncode == 0 and "extracted  0" in human.stdout and "reused     4" in human.stdout
+    )

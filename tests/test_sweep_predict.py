@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from featurestore.featuresets import build_sweep_data, plan_split
 from featurestore.datasets import open_source
+from featurestore.featuresets import build_sweep_data, plan_split
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 CLI = [sys.executable, "-m", "featurestore.cli"]
@@ -41,9 +41,24 @@ def test_sweep_combo_every_head_then_predict_reproduces_accuracy(tmp_path: Path)
     src = make_split_folder(tmp_path / "imgs")
     out = tmp_path / "report"
     cache = str(tmp_path / "cache")
-    r = run("sweep", str(src), "-b", "resnet18", "-b", "mobilenet_v3_small",
-            "--combo", "resnet18+mobilenet_v3_small", "--no-grid", "--cv", "3",
-            "--out", str(out), "--cache-dir", cache, *TINY)
+    r = run(
+        "sweep",
+        str(src),
+        "-b",
+        "resnet18",
+        "-b",
+        "mobilenet_v3_small",
+        "--combo",
+        "resnet18+mobilenet_v3_small",
+        "--no-grid",
+        "--cv",
+        "3",
+        "--out",
+        str(out),
+        "--cache-dir",
+        cache,
+        *TINY,
+    )
     assert r.returncode == 0, r.stderr
     board = json.loads((out / "leaderboard.json").read_text())
     rows = board["rows"]
@@ -52,16 +67,37 @@ def test_sweep_combo_every_head_then_predict_reproduces_accuracy(tmp_path: Path)
     combo = {row["head"] for row in rows if row["feature_set"] == "resnet18+mobilenet_v3_small"}
     assert combo == set(HEADS)  # the combination ran through every head
     assert {row["feature_set"] for row in rows} == {
-        "resnet18", "mobilenet_v3_small", "resnet18+mobilenet_v3_small", "pixels32"}
+        "resnet18",
+        "mobilenet_v3_small",
+        "resnet18+mobilenet_v3_small",
+        "pixels32",
+    }
     widths = {row["feature_set"]: row["n_features"] for row in rows}
     assert widths["resnet18+mobilenet_v3_small"] == 512 + 1024
     assert all(row["n_train"] == 20 and row["n_test"] == 12 for row in rows)
-    for name in ("leaderboard.md", "leaderboard.csv", "confusion_best.png", "roc.png",
-                 "leaderboard.png", "best_head.joblib", "best_head.joblib.json"):
+    for name in (
+        "leaderboard.md",
+        "leaderboard.csv",
+        "confusion_best.png",
+        "roc.png",
+        "leaderboard.png",
+        "best_head.joblib",
+        "best_head.joblib.json",
+    ):
         assert (out / name).stat().st_size > 0
     best = rows[0]
-    p = run("predict", str(src), "--split", "val", "--head", str(out / "best_head.joblib"),
-            "--out", str(tmp_path / "pred.csv"), "--cache-dir", cache)
+    p = run(
+        "predict",
+        str(src),
+        "--split",
+        "val",
+        "--head",
+        str(out / "best_head.joblib"),
+        "--out",
+        str(tmp_path / "pred.csv"),
+        "--cache-dir",
+        cache,
+    )
     assert p.returncode == 0, p.stderr
     with open(tmp_path / "pred.csv") as fh:
         preds = list(csv.DictReader(fh))
@@ -73,8 +109,23 @@ def test_predict_refuses_tampered_head_and_foreign_extractor(tmp_path: Path) -> 
     src = make_split_folder(tmp_path / "imgs", n_train=6, n_val=2)
     out = tmp_path / "report"
     cache = str(tmp_path / "cache")
-    r = run("sweep", str(src), "-b", "resnet18", "--heads", "logreg", "--no-pixels",
-            "--no-grid", "--cv", "2", "--out", str(out), "--cache-dir", cache, *TINY)
+    r = run(
+        "sweep",
+        str(src),
+        "-b",
+        "resnet18",
+        "--heads",
+        "logreg",
+        "--no-pixels",
+        "--no-grid",
+        "--cv",
+        "2",
+        "--out",
+        str(out),
+        "--cache-dir",
+        cache,
+        *TINY,
+    )
     assert r.returncode == 0, r.stderr
     head = out / "best_head.joblib"
     side = out / "best_head.joblib.json"
@@ -105,8 +156,9 @@ def test_split_plan_without_splits_is_deterministic_and_stratified(tmp_path: Pat
 def test_catvnoncat_pretrained_features_beat_raw_pixels(tmp_path: Path) -> None:
     from classifiers.sweep import run_sweep
 
-    data = build_sweep_data(SHARED / "catvnoncat", backbones=["efficientnet_lite0"],
-                            cache_dir=tmp_path / "c")
+    data = build_sweep_data(
+        SHARED / "catvnoncat", backbones=["efficientnet_lite0"], cache_dir=tmp_path / "c"
+    )
     assert [fs.name for fs in data.feature_sets] == ["efficientnet_lite0", "pixels32"]
     assert data.feature_sets[0].X_train.shape == (209, 1280)
     assert data.feature_sets[0].X_test.shape == (50, 1280)

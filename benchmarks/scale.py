@@ -1,0 +1,298 @@
+"""Scale: cache hits on 20,000 images, peak memory vs. image count, reading 100,000 rows.
+
+Three parts (``--parts``, default all):
+
+* ``memory``: ``extract`` of 2,000 and of 20,000 generated 128x128 JPEGs with a small backbone
+  (default mobilenet_v3_small, random weights, 64 px input: the model is not the bottleneck),
+  each in a fresh process; peak memory of that process (``ru_maxrss``) and of the whole process
+  tree (main + decode workers, proportional set size sampled every 50 ms).
+* ``hit``: ``extract`` of the same 20,000 images again, in a fresh process (every row a cache
+  hit): the ``extract()`` call and the whole process (interpreter and torch import included).
+* ``read``: a store of 100,000 x 2,048 random float32 rows (819 MB) built through
+  ``FeatureStore.append`` and ``compact``, read back with ``read_all()``, ``read(keys)`` and plain
+  h5py, against a raw sequential read of the same file (16 MiB ``readinto``). Each is timed warm
+  (file in the page cache) and cold (the file's pages dropped with
+  ``posix_fadvise(POSIX_FADV_DONTNEED)``; other files' caches are left alone).
+
+    python benchmarks/scale.py
+    python benchmarks/scale.py --parts read --rows 100000 --dim 2048
+
+Prints the machine and one Markdown table per part. Not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from _common import bench_dir, machine, peak_rss_mib, print_machine, print_table, synthetic_jpegs
+
+HERE = Path(__file__).resolve()
+
+
+# ---------------------------------------------------------------------------- memory sampling
+def _pss_kib(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def _children(pid: int) -> list[int]:
+    out: list[int] = []
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            text = (task / "children").read_text().split()
+            out.extend(int(c) for c in text)
+    except OSError:
+        pass
+    return out
+
+
+class TreeSampler(threading.Thread):
+    """Peak proportional set size of this process plus its children, sampled periodically."""
+
+    def __init__(self, interval: float = 0.05) -> None:
+        super().__init__(daemon=True)
+        self.interval = interval
+        self.peak_kib = 0
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        me = os.getpid()
+        while not self.stop.is_set():
+            total = _pss_kib(me) + sum(_pss_kib(c) for c in _children(me))
+            self.peak_kib = max(self.peak_kib, total)
+            self.stop.wait(self.interval)
+
+
+def child_extract(args: argparse.Namespace) -> None:
+    """Run one extract() in this (fresh) process and print a JSON line of what it cost."""
+    t_start = time.perf_counter()
+    sampler = TreeSampler()
+    sampler.start()
+    from featurestore.extract import extract
+
+    t = time.perf_counter()
+    r = extract(
+        args.folder,
+        backbone=args.backbone,
+        weights=args.weights,
+        input_size=args.input_size,
+        batch_size=args.batch_size,
+        device="cpu",
+        cache_dir=args.cache,
+    )
+    call_s = time.perf_counter() - t
+    sampler.stop.set()
+    sampler.join()
+    out = {
+        "images": r.n_images,
+        "extracted": r.n_extracted,
+        "reused": r.n_reused,
+        "extract_call_s": call_s,
+        "import_s": t - t_start,
+        "peak_rss_main_mib": peak_rss_mib(),
+        "peak_pss_tree_mib": sampler.peak_kib / 1024,
+        "timings": r.timings,
+    }
+    print("RESULT " + json.dumps(out))
+
+
+def run_child(folder: Path, cache: Path, args: argparse.Namespace) -> dict[str, Any]:
+    cmd = [
+        sys.executable,
+        str(HERE),
+        "_child",
+        "--folder",
+        str(folder),
+        "--cache",
+        str(cache),
+        "--backbone",
+        args.backbone,
+        "--weights",
+        args.weights,
+        "--input-size",
+        str(args.input_size),
+        "--batch-size",
+        str(args.batch_size),
+    ]
+    t = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    wall = time.perf_counter() - t
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        raise SystemExit(f"child failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    res = json.loads(lines[-1][len("RESULT ") :])
+    res["process_s"] = wall
+    return res
+
+
+# ---------------------------------------------------------------------------- read speed
+def drop_file_cache(path: Path) -> None:
+    """Evict ``path``'s pages from the page cache (only this file's)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def raw_read(path: Path) -> float:
+    buf = bytearray(16 << 20)
+    view = memoryview(buf)
+    t = time.perf_counter()
+    with open(path, "rb", buffering=0) as fh:
+        while fh.readinto(view):
+            pass
+    return time.perf_counter() - t
+
+
+def build_store(root: Path, rows: int, dim: int, part_rows: int) -> tuple[Any, list[str]]:
+    from featurestore.store import FeatureStore
+
+    spec = {"backbone": "scale-bench", "rows": rows, "dim": dim}
+    store = FeatureStore.for_spec(root, spec)
+    rng = np.random.default_rng(0)
+    keys = [f"{i:064x}" for i in range(rows)]
+    for s in range(0, rows, part_rows):
+        block = rng.standard_normal((min(part_rows, rows - s), dim), dtype=np.float32)
+        store.append(keys[s : s + part_rows], block, provenance={"bench": "scale"})
+    store.compact(force=True)
+    return store, keys
+
+
+def read_part(args: argparse.Namespace, tmp: Path) -> list[dict[str, Any]]:
+    import h5py
+
+    t = time.perf_counter()
+    store, keys = build_store(tmp / "read", args.rows, args.dim, args.part_rows)
+    build_s = time.perf_counter() - t
+    path = store.path
+    size = path.stat().st_size
+    nbytes = args.rows * args.dim * 4
+    print(
+        f"read: store {path.name}, {size / 1e9:.2f} GB on disk for {nbytes / 1e9:.2f} GB of "
+        f"rows (built in {build_s:.1f} s); file system of {path.parent}"
+    )
+
+    def h5_plain() -> float:
+        t = time.perf_counter()
+        with h5py.File(path, "r") as f:
+            f["features"][...]
+        return time.perf_counter() - t
+
+    def read_all() -> float:
+        t = time.perf_counter()
+        _, x = store.read_all()
+        assert x.shape == (args.rows, args.dim)
+        return time.perf_counter() - t
+
+    def read_keys() -> float:
+        t = time.perf_counter()
+        x = store.read(keys)  # stored order
+        assert x.shape == (args.rows, args.dim)
+        return time.perf_counter() - t
+
+    rows = []
+    for name, fn, what in (
+        ("raw sequential read of the .h5 file (16 MiB readinto)", lambda: raw_read(path), size),
+        ("h5py f['features'][...] (fletcher32 checked)", h5_plain, nbytes),
+        ("FeatureStore.read(keys), keys in stored order", read_keys, nbytes),
+        ("FeatureStore.read_all() (sorted keys, all rows)", read_all, nbytes),
+    ):
+        for state in ("cold", "warm"):
+            if state == "cold":
+                drop_file_cache(path)
+            else:
+                fn()  # make sure it is cached
+            s = min(fn() for _ in range(1 if state == "cold" else 2))
+            rows.append({"read": name, "cache": state, "seconds": s, "GB/s": what / s / 1e9})
+            print(f"  {rows[-1]}", flush=True)
+    return rows
+
+
+# ---------------------------------------------------------------------------- main
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("mode", nargs="?", default="bench", choices=["bench", "_child"])
+    p.add_argument("--parts", default="memory,hit,read")
+    p.add_argument("--images", default="2000,20000", help="image counts for memory/hit")
+    p.add_argument("--backbone", default="mobilenet_v3_small")
+    p.add_argument("--weights", default="none")
+    p.add_argument("--input-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--rows", type=int, default=100_000)
+    p.add_argument("--dim", type=int, default=2048)
+    p.add_argument("--part-rows", type=int, default=5_000)
+    p.add_argument("--folder", type=Path)
+    p.add_argument("--cache", type=Path)
+    args = p.parse_args()
+    if args.mode == "_child":
+        child_extract(args)
+        return
+    print_machine(machine(torch_too=False))
+    parts = set(args.parts.split(","))
+    counts = [int(n) for n in args.images.split(",")]
+    with tempfile.TemporaryDirectory(prefix="bench-cache-scale-") as tmp_name:
+        tmp = Path(tmp_name)
+        if parts & {"memory", "hit"}:
+            rows = []
+            big = max(counts)
+            for n in counts:
+                t = time.perf_counter()
+                folder = synthetic_jpegs(n, bench_dir())
+                print(f"images: {n} in {folder} ({time.perf_counter() - t:.1f} s to make/find)")
+                res = run_child(folder, tmp / f"cache-{n}", args)
+                rows.append(
+                    {
+                        "run": f"extract {n} images (fresh store)",
+                        "img/s": res["extracted"] / res["extract_call_s"],
+                        "extract() s": res["extract_call_s"],
+                        "process s": res["process_s"],
+                        "peak RSS main MiB": res["peak_rss_main_mib"],
+                        "peak PSS tree MiB": res["peak_pss_tree_mib"],
+                    }
+                )
+                print(f"  {rows[-1]} timings={res['timings']}", flush=True)
+                if n == big and "hit" in parts:
+                    hit = run_child(folder, tmp / f"cache-{n}", args)
+                    assert hit["extracted"] == 0, hit
+                    rows.append(
+                        {
+                            "run": f"extract {n} images again (cache hit)",
+                            "img/s": hit["reused"] / hit["extract_call_s"],
+                            "extract() s": hit["extract_call_s"],
+                            "process s": hit["process_s"],
+                            "peak RSS main MiB": hit["peak_rss_main_mib"],
+                            "peak PSS tree MiB": hit["peak_pss_tree_mib"],
+                        }
+                    )
+                    print(f"  {rows[-1]} timings={hit['timings']}", flush=True)
+            print()
+            print(
+                f"backbone {args.backbone} weights={args.weights} input {args.input_size} px, "
+                f"batch {args.batch_size}; 'process s' includes the interpreter and torch import"
+            )
+            print_table(rows)
+        if "read" in parts:
+            rows = read_part(args, tmp)
+            print()
+            print_table(rows)
+
+
+if __name__ == "__main__":
+    main()
