@@ -1,10 +1,11 @@
 """Extraction throughput side by side, on the same images, backbone and batch size, in one run.
 
     a   the forward pass alone on already-decoded uint8 batches (the ceiling): the extractor's
-        network (BatchNorm folded) in channels-last, measured as
+        network (BatchNorm folded) in channels-last, with the allocator setting ``extract`` uses
+        (``featurestore.extract.heap_allocations``), measured as
         a1  one model, torch's default threads (what ``model(x)`` on a batch gives), and
-        a*  the fastest forward-only arrangement found (on CPU: one single-threaded replica per
-            core, the arrangement ``extract`` uses; see ``featurestore.extract.cpu_plan``);
+        a*  the arrangement ``extract`` uses on CPU, minus decoding: one forked single-threaded
+            replica per core (``featurestore.extract.cpu_replica_workers``), the fastest found;
         the default (NCHW) layout of a1 is shown too;
     b   ``featurestore.extract`` end to end, files -> rows in a fresh store (scan, hash, decode,
         forward, write, compact);
@@ -34,7 +35,6 @@ import argparse
 import json
 import logging
 import tempfile
-import threading
 import time
 import warnings
 from pathlib import Path
@@ -55,7 +55,13 @@ from _common import (
 )
 
 from featurestore.datasets import open_source
-from featurestore.extract import _Collate, _ImageDataset, cpu_plan, extract
+from featurestore.extract import (
+    _Collate,
+    _ImageDataset,
+    cpu_replica_workers,
+    extract,
+    heap_allocations,
+)
 from featurestore.extractor import resolve
 from featurestore.store import FeatureStore
 
@@ -90,38 +96,40 @@ def forward_rate(model: Any, batches: list[torch.Tensor], seconds: float, device
                     return n / (time.perf_counter() - t)
 
 
-def replica_rate(
-    model: Any, batches: list[torch.Tensor], seconds: float, replicas: int, threads: int
-) -> float:
-    """Images/s of ``replicas`` threads running the model on their own batches, ``threads`` each."""
-    saved = torch.get_num_threads()
-    counts = [0] * replicas
-    start = threading.Barrier(replicas + 1)
-    stop = threading.Event()
+def replica_rate(model: Any, batches: list[torch.Tensor], seconds: float, replicas: int) -> float:
+    """Images/s of ``replicas`` forked processes, each running the model single-threaded.
+
+    The arrangement ``extract`` uses on CPU (``featurestore.extract.cpu_replica_workers``), minus
+    the decoding. Every process starts together after a warm-up; a batch begun before the
+    deadline is counted and waited for.
+    """
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    ready, go, out = ctx.Barrier(replicas + 1), ctx.Event(), ctx.Queue()
 
     def work(k: int) -> None:
-        torch.set_num_threads(threads)
+        torch.set_num_threads(1)
         with torch.inference_mode():
-            model(batches[k % len(batches)])  # warm-up (per-thread primitive caches)
-            start.wait()
-            i = k
-            while not stop.is_set():
+            model(batches[k % len(batches)])  # warm-up
+            ready.wait()
+            go.wait()
+            n, i, t = 0, k, time.perf_counter()
+            while time.perf_counter() - t < seconds:
                 model(batches[i % len(batches)])
-                counts[k] += batches[0].shape[0]
+                n += batches[0].shape[0]
                 i += replicas
+            out.put((n, time.perf_counter() - t))
 
-    pool = [threading.Thread(target=work, args=(k,)) for k in range(replicas)]
-    for th in pool:
-        th.start()
-    start.wait()
-    t = time.perf_counter()
-    time.sleep(seconds)
-    stop.set()
-    for th in pool:
-        th.join()
-    elapsed = time.perf_counter() - t  # includes finishing the last batches: counted too
-    torch.set_num_threads(saved)
-    return sum(counts) / elapsed
+    procs = [ctx.Process(target=work, args=(k,)) for k in range(replicas)]
+    for p in procs:
+        p.start()
+    ready.wait()
+    go.set()
+    results = [out.get() for _ in procs]
+    for p in procs:
+        p.join()
+    return sum(n for n, _ in results) / max(t for _, t in results)
 
 
 # ---------------------------------------------------------------------------- c: naive loop
@@ -297,16 +305,17 @@ def main() -> None:
     res: dict[str, Any] = {"machine": info, "args": {k: str(v) for k, v in vars(args).items()}}
 
     batches = decoded_batches(ex, folder, args.batch_size, 8)
-    model = ex.build(args.device)
-    a1 = forward_rate(model, batches, args.seconds, args.device)
-    rates = {"a1": a1}
-    if "layout" not in skip:
-        nchw = ex.build(args.device, channels_last=False)
-        rates["a1_nchw"] = forward_rate(nchw, batches, args.seconds / 2, args.device)
-        del nchw
-    replicas, threads = cpu_plan() if args.device == "cpu" else (1, None)
-    if replicas > 1:
-        rates["a_replicas"] = replica_rate(model, batches, args.seconds, replicas, threads)
+    replicas = cpu_replica_workers() if args.device == "cpu" else 0
+    cpu = args.device == "cpu"
+    with heap_allocations(cpu):  # the ceiling gets every advantage extract has
+        model = ex.build(args.device)
+        rates = {"a1": forward_rate(model, batches, args.seconds, args.device)}
+        if "layout" not in skip:
+            nchw = ex.build(args.device, channels_last=False)
+            rates["a1_nchw"] = forward_rate(nchw, batches, args.seconds / 2, args.device)
+            del nchw
+        if replicas:
+            rates["a_replicas"] = replica_rate(model, batches, args.seconds, replicas)
 
     with tempfile.TemporaryDirectory(prefix="bench-cache-") as tmp:
         cache = Path(tmp) / args.precision
@@ -325,8 +334,13 @@ def main() -> None:
         wall_e = time.perf_counter() - t
         assert r2.n_extracted == 0, "the second run should be all cache hits"
         rates["e"] = r2.n_reused / wall_e
-        # a again after b: the machine may have changed speed; the ceiling is the best of both
-        rates["a1"] = max(a1, forward_rate(model, batches, args.seconds / 2, args.device))
+        # a again after b: the machine's speed drifts; the ceiling is the best of both
+        with heap_allocations(cpu):
+            again = forward_rate(model, batches, args.seconds / 2, args.device)
+            rates["a1"] = max(rates["a1"], again)
+            if replicas:
+                again = replica_rate(model, batches, args.seconds / 2, replicas)
+                rates["a_replicas"] = max(rates["a_replicas"], again)
         del model
         naive_paths = paths[: args.naive_images]
         if "naive" not in skip:
@@ -347,17 +361,18 @@ def main() -> None:
             r32, wall32, _, _ = run_extract(folder, cache32, args, "fp32")
             rates["b_fp32"] = r32.n_extracted / wall32
             ex32 = resolve(args.backbone, weights=args.weights, precision="fp32")
-            m32 = ex32.build(args.device)
             b32 = decoded_batches(ex32, folder, args.batch_size, 4)
-            rates["a1_fp32"] = forward_rate(m32, b32, args.seconds / 2, args.device)
-            del m32
+            with heap_allocations(cpu):
+                m32 = ex32.build(args.device)
+                rates["a1_fp32"] = forward_rate(m32, b32, args.seconds / 2, args.device)
+                del m32
             cost = precision_cost(args, {"fp32": cache32, args.precision: cache})
 
     ceiling = max(v for k, v in rates.items() if k.startswith("a") and not k.endswith("fp32"))
     labels = {
         "a1": "a  forward only, 1 model, default threads, channels-last",
         "a1_nchw": "a  forward only, 1 model, default threads, NCHW",
-        "a_replicas": f"a* forward only, {replicas} replicas x {threads} thread(s), channels-last",
+        "a_replicas": f"a* forward only, {replicas} processes x 1 thread, channels-last",
         "b": "b  featurestore extract, files -> store",
         "c": "c  naive loop (fp32, library network, NCHW)",
         "c_same_precision": f"c  naive loop ({args.precision})",
@@ -385,16 +400,25 @@ def main() -> None:
         "wall": wall_b,
         **{
             k: timings.get(k, 0.0)
-            for k in ("scan", "lookup", "build", "load_wait", "forward", "write_wait", "compact")
+            for k in (
+                "scan",
+                "lookup",
+                "build",
+                "decode",
+                "forward",
+                "load_wait",
+                "write_wait",
+                "compact",
+            )
         },
-        "decode_cpu_workers": workers_cpu,
+        "worker_processes_cpu": workers_cpu,
         "main_process_cpu": main_cpu,
     }
     print()
     print(
-        f"time split of b ({r.n_extracted} images, {r.workers} decode workers, "
-        f"{replicas} replica(s) x {threads} thread(s)); forward, load_wait and write_wait are "
-        "per replica; CPU seconds are summed over cores:"
+        f"time split of b ({r.n_extracted} images, {r.workers} worker processes; with replica "
+        "workers each decodes and runs the network: decode and forward are per worker, "
+        "load_wait and write_wait are the main process waiting); CPU seconds are summed:"
     )
     print_table(
         [

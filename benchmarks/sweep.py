@@ -40,7 +40,6 @@ DEFAULT_CONFIG: dict[str, Any] = {
                 "raw-pixel 4-layer network, published": 0.80,
             },
         },
-        {"name": "digits", "path": "builtin:digits", "anchors": {}},
     ],
     "backbones": ["efficientnet_lite0", "efficientnet_lite1"],
     "combos": ["efficientnet_lite0+efficientnet_lite1"],

@@ -130,6 +130,23 @@ def default_workers(device: torch.device) -> int:
     return max(1, min(4, cores))
 
 
+MAX_REPLICA_WORKERS = 8
+
+
+def cpu_replica_workers(threads: int | None = None) -> int:
+    """Replica worker processes for a CPU extraction with automatic workers (0: none).
+
+    One per thread of ``threads`` (default ``torch.get_num_threads()``, torch's default being the
+    core count; a caller that lowered it keeps its limit), each decoding and running its own copy
+    of the network single-threaded. Up to :data:`MAX_REPLICA_WORKERS` threads and where ``fork``
+    exists (the network travels by fork); beyond that the threaded plan of :func:`cpu_plan`
+    serves better. Single-threaded because OpenMP deadlocks in a forked child that uses more
+    than one thread once the parent has used it (measured with GNU OpenMP, torch's).
+    """
+    budget = max(1, threads or torch.get_num_threads())
+    return budget if budget <= MAX_REPLICA_WORKERS and _fork_available() else 0
+
+
 def cpu_plan(threads: int | None = None) -> tuple[int, int]:
     """(model replicas, intra-op threads each) for a CPU forward pass on ``threads`` threads.
 
@@ -147,7 +164,8 @@ def cpu_plan(threads: int | None = None) -> tuple[int, int]:
 
 # glibc mallopt parameters (malloc.h)
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8
-_GLIBC_DEFAULT_THRESHOLD = 128 * 1024
+# where glibc's adaptive thresholds end up in a process that frees big blocks (its maxima)
+_GLIBC_MMAP_THRESHOLD_MAX = 32 * 1024 * 1024
 
 
 @functools.cache
@@ -171,7 +189,9 @@ def heap_allocations(enabled: bool = True) -> Iterator[None]:
     heap and stay there for reuse, and threads share the main arena (whose heap has no 64 MiB
     cap); decode workers forked inside inherit it. On exit the defaults are put back and the
     retained memory is returned with ``malloc_trim``. Rows are unaffected: only where memory
-    comes from changes. A no-op on other C libraries.
+    comes from changes. Setting a threshold stops glibc adapting it, so the exit puts back the
+    values the adaptive ones reach in a process like this (mmap 32 MiB, trim 64 MiB). A no-op on
+    other C libraries.
     """
     libc = _glibc() if enabled else None
     if libc is None:
@@ -184,8 +204,8 @@ def heap_allocations(enabled: bool = True) -> Iterator[None]:
         yield
     finally:
         libc.mallopt(_M_ARENA_MAX, 0)  # 0: glibc's default limit again
-        libc.mallopt(_M_MMAP_THRESHOLD, _GLIBC_DEFAULT_THRESHOLD)
-        libc.mallopt(_M_TRIM_THRESHOLD, _GLIBC_DEFAULT_THRESHOLD)
+        libc.mallopt(_M_MMAP_THRESHOLD, _GLIBC_MMAP_THRESHOLD_MAX)
+        libc.mallopt(_M_TRIM_THRESHOLD, 2 * _GLIBC_MMAP_THRESHOLD_MAX)
         libc.malloc_trim(0)
 
 
@@ -202,12 +222,14 @@ class _ImageDataset(Dataset):
         self.loader = loader
         self.pre = pre
         self.interp = InterpolationMode(pre.interpolation)
+        self.decode_s = 0.0  # seconds spent in __getitem__ by this process's copy
 
     def __len__(self) -> int:
         return len(self.records)
 
     def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, str | None]:
         pre = self.pre
+        t = time.perf_counter()
         try:
             draft = pre.resize_size if pre.decode == "draft" else None
             img = self.loader.load(self.records[i], draft_size=draft)
@@ -218,6 +240,8 @@ class _ImageDataset(Dataset):
             return i, None, str(exc)
         except Exception as exc:  # noqa: BLE001 - one bad image must never stop the run
             return i, None, f"{type(exc).__name__}: {exc}"
+        finally:
+            self.decode_s += time.perf_counter() - t
 
 
 class _Collate:
@@ -228,8 +252,9 @@ class _Collate:
     without another copy.
     """
 
-    def __init__(self, batch_size: int) -> None:
+    def __init__(self, batch_size: int, *, shared: bool = True) -> None:
         self.batch_size = batch_size
+        self.shared = shared
 
     def __call__(
         self, items: list[tuple[int, torch.Tensor | None, str | None]]
@@ -240,7 +265,7 @@ class _Collate:
             return [], None, errors
         first = good[0][1].permute(1, 2, 0)  # (H, W, 3): the pixels' order in memory
         shape = (max(self.batch_size, len(good)), *first.shape)
-        if get_worker_info() is not None:  # as torch's default_collate does
+        if self.shared and get_worker_info() is not None:  # as torch's default_collate does
             storage = first._typed_storage()._new_shared(math.prod(shape), device=first.device)
             out = first.new(storage).resize_(shape)
         else:
@@ -258,8 +283,41 @@ def _collate(
     return idx, batch, errors
 
 
+class _ReplicaCollate(_Collate):
+    """In a worker process: collate, then run this process's copy of the network on the batch.
+
+    Returns (indices, float32 rows or None, errors, seconds decoding, seconds in the forward
+    pass). The network came with the fork (its weights shared copy-on-write); the worker runs
+    it single-threaded, so a worker is one replica: decoding and its forward pass never wait
+    for another process or thread, and the batch never leaves the process.
+    """
+
+    def __init__(self, batch_size: int, dataset: _ImageDataset, model: torch.nn.Module) -> None:
+        super().__init__(batch_size, shared=False)
+        self.dataset = dataset
+        self.model = model
+
+    def __call__(  # type: ignore[override]
+        self, items: list[tuple[int, torch.Tensor | None, str | None]]
+    ) -> tuple[list[int], np.ndarray | None, list[tuple[int, str]], float, float]:
+        idx, batch, errors = super().__call__(items)
+        decode_s, self.dataset.decode_s = self.dataset.decode_s, 0.0
+        t = time.perf_counter()
+        rows = None
+        if batch is not None:
+            with torch.inference_mode():
+                rows = self.model(batch)[: len(idx)].numpy()
+        return idx, rows, errors, decode_s, time.perf_counter() - t
+
+
 def _worker_init(_: int) -> None:
     torch.set_num_threads(1)
+
+
+def _fork_available() -> bool:
+    import multiprocessing
+
+    return sys.platform == "linux" and "fork" in multiprocessing.get_all_start_methods()
 
 
 def _provenance(extractor: Extractor, device: torch.device, batch_size: int, workers: int,
@@ -323,46 +381,139 @@ def run_extraction(
     model: torch.nn.Module | None = None,
     replicas: int | None = None,
     threads: int | None = None,
+    replica_workers: bool = False,
 ) -> tuple[int, list[Skipped]]:
     """Extract ``records`` (all assumed missing) into ``store``. Returns (rows written, skipped).
 
-    Decode workers start first, so they fill their queue while the model is built. On CPU the
-    forward pass runs as ``replicas`` threads sharing one model, ``threads`` intra-op threads
-    each (default: :func:`cpu_plan`); on CUDA two threads keep two batches in flight, copied
-    from pinned memory without blocking. A writer thread appends each batch to the store. Rows
-    are written batch by batch, so an interrupted run keeps every finished batch; each row is
-    computed in a zero-padded batch of ``batch_size``, so it never depends on its neighbours.
+    With ``replica_workers`` (CPU, ``workers`` >= 1, ``fork``; what :func:`extract` picks with
+    automatic workers, see :func:`cpu_replica_workers`) every DataLoader worker is a replica: it
+    decodes its batch and runs its own single-threaded copy of the network on it, so the cores
+    work in parallel with no thread waiting on another and no image crossing processes; the main
+    process only writes rows. Otherwise the workers (or, with ``workers=0``, the main process)
+    decode and the main process runs the forward pass: on CPU in ``replicas`` threads of
+    ``threads`` intra-op threads (default :func:`cpu_plan`), on CUDA in two threads that keep two
+    batches in flight, copied from pinned memory without blocking. A writer thread appends each
+    batch to the store, so an interrupted run keeps every finished batch; each row is computed
+    in a zero-padded batch of ``batch_size``, so it never depends on its neighbours.
 
-    ``timings``: ``build``, ``load_wait`` (a replica waited for decoded images), ``forward``
-    (busy time per replica), ``write_wait`` (waiting for the writer), in seconds. On CPU the
-    whole run is inside :func:`heap_allocations`.
+    ``timings``: ``build``, ``load_wait`` (the main process waited for a batch), ``decode`` and
+    ``forward`` (seconds per replica), ``write_wait`` (waiting for the writer). On CPU the whole
+    run is inside :func:`heap_allocations`.
     """
     timings = timings if timings is not None else {}
-    for k in ("build", "load_wait", "forward", "write_wait"):
+    for k in ("build", "load_wait", "decode", "forward", "write_wait"):
         timings.setdefault(k, 0.0)
-    if device.type == "cpu":
-        plan = cpu_plan()
-        replicas = replicas or plan[0]
-        threads = threads or plan[1]
-    else:  # two batches in flight: one thread's kernel launches overlap the other's GPU work
-        replicas, threads = 2, None
-    with heap_allocations(device.type == "cpu"):
+    kwargs: dict[str, Any] = {
+        "device": device,
+        "batch_size": batch_size,
+        "workers": workers,
+        "strict": strict,
+        "progress": progress,
+        "source_name": source_name,
+        "timings": timings,
+        "model": model,
+    }
+    cpu = device.type == "cpu"
+    with heap_allocations(cpu):
+        if replica_workers and cpu and workers > 0 and _fork_available():
+            return _pipeline_replica_workers(extractor, records, loader, store, **kwargs)
+        if cpu:
+            plan = cpu_plan()
+            replicas, threads = replicas or plan[0], threads or plan[1]
+        else:  # two batches in flight: one thread's kernel launches overlap the other's GPU work
+            replicas, threads = 2, None
         return _pipeline(
-            extractor,
-            records,
-            loader,
-            store,
-            device=device,
-            batch_size=batch_size,
-            workers=workers,
-            strict=strict,
-            progress=progress,
-            source_name=source_name,
-            timings=timings,
-            model=model,
-            replicas=replicas,
-            threads=threads,
+            extractor, records, loader, store, replicas=replicas, threads=threads, **kwargs
         )
+
+
+def _pipeline_replica_workers(
+    extractor: Extractor,
+    records: list[Record],
+    loader: ImageLoader,
+    store: FeatureStore,
+    *,
+    device: torch.device,
+    batch_size: int,
+    workers: int,
+    strict: bool,
+    progress: bool,
+    source_name: str,
+    timings: dict[str, float],
+    model: torch.nn.Module | None,
+) -> tuple[int, list[Skipped]]:
+    """CPU: ``workers`` processes, each decoding its batches and running its own replica."""
+    import multiprocessing
+
+    from tqdm.auto import tqdm
+
+    prov = _provenance(extractor, device, batch_size, workers, source_name)
+    t0 = time.perf_counter()
+    if model is None:
+        model = extractor.build(device)
+    timings["build"] += time.perf_counter() - t0
+    dataset = _ImageDataset(records, loader, extractor.preprocess)
+    dl = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        collate_fn=_ReplicaCollate(batch_size, dataset, model),
+        prefetch_factor=2,
+        worker_init_fn=_worker_init,
+        multiprocessing_context=multiprocessing.get_context("fork"),  # the model comes along
+    )
+    skipped: list[Skipped] = []
+    written = 0
+    pending: Future | None = None
+    bar = tqdm(
+        total=len(records),
+        unit="img",
+        disable=not progress,
+        desc=extractor.backbone.name,
+        dynamic_ncols=True,
+    )
+
+    def write(idx: list[int], rows: np.ndarray) -> None:
+        nonlocal pending, written
+        t = time.perf_counter()
+        if pending is not None:
+            pending.result()
+        timings["write_wait"] += time.perf_counter() - t
+        keys = [records[i].key for i in idx]
+        pending = writer.submit(store.append, keys, rows, provenance=prov)
+        written += len(idx)
+
+    batches = iter(dl)
+    decode_s = forward_s = 0.0
+    try:
+        with ThreadPoolExecutor(max_workers=1) as writer:
+            while True:
+                t = time.perf_counter()
+                item = next(batches, None)
+                timings["load_wait"] += time.perf_counter() - t
+                if item is None:
+                    break
+                idx, rows, errors, t_decode, t_forward = item
+                decode_s += t_decode
+                forward_s += t_forward
+                if rows is not None:
+                    write(idx, rows)  # before a --strict error: keep what was computed
+                for i, reason in errors:
+                    skipped.append(Skipped(records[i].path, reason))
+                    if strict:
+                        raise ExtractError(f"{records[i].path}: {reason} (--strict)")
+                bar.update(len(idx) + len(errors))
+            t = time.perf_counter()
+            if pending is not None:
+                pending.result()
+            timings["write_wait"] += time.perf_counter() - t
+    finally:
+        bar.close()
+        del batches  # shuts the workers down
+    timings["decode"] += decode_s / workers
+    timings["forward"] += forward_s / workers
+    return written, skipped
 
 
 def _pipeline(
@@ -548,7 +699,8 @@ def extract(
         unique.setdefault(r.key, r)
     todo = [r for k, r in unique.items() if k not in have]
     timings["lookup"] = time.perf_counter() - t
-    n_workers = default_workers(dev) if workers is None else workers
+    replica_workers = cpu_replica_workers() if workers is None and dev.type == "cpu" else 0
+    n_workers = replica_workers or (default_workers(dev) if workers is None else workers)
     written = 0
     finished = False
     try:
@@ -557,7 +709,7 @@ def extract(
             written, bad = run_extraction(
                 extractor, todo, src.loader, store, device=dev, batch_size=batch_size,
                 workers=min(n_workers, len(todo)), strict=strict, progress=progress,
-                source_name=src.name, timings=timings,
+                source_name=src.name, timings=timings, replica_workers=replica_workers > 0,
             )
             # A bad image is decoded once per content key: list every path holding those bytes.
             paths_of: dict[str, list[Any]] = {}

@@ -40,7 +40,7 @@ def _extract_child(source: str, cache: str, start_at: float) -> None:
 
 def _row(key: str) -> np.ndarray:
     """The row a toy writer stores for ``key``: a deterministic function of the key."""
-    return np.random.default_rng(int(key[:12], 16)).standard_normal(SPEC["dim"]).astype("f4")
+    return np.random.default_rng(int(key, 16)).standard_normal(SPEC["dim"]).astype("f4")
 
 
 def _key(i: int) -> str:
@@ -194,6 +194,33 @@ def test_reader_sees_consistent_rows_while_writers_append_and_compact(
     assert sizes == sorted(sizes), "a reader saw rows disappear"
     assert _check_snapshot(reader) == 2 * 60 * 8
     assert verify(path).ok
+
+
+def test_sweep_reading_while_an_extraction_writes(
+    images: dict, fork_ctx: Any, tmp_path: Path
+) -> None:
+    """What a sweep does (keys(), then read() of them) from this process while an extraction
+    child writes batches and compacts: every snapshot is a set of finished rows, each equal to
+    the uninterrupted run's row."""
+    cache = tmp_path / "cache"
+    path = cache / images["name"]
+    p = fork_ctx.Process(target=_extract_child, args=(str(images["src"]), str(cache), 0.0))
+    p.start()
+    sizes = []
+    while p.is_alive():
+        if not (path.exists() or path.with_name(path.stem + ".parts").exists()):
+            time.sleep(0.002)
+            continue
+        reader = FeatureStore(path)
+        keys = sorted(reader.keys())
+        rows = reader.read(keys) if keys else np.empty((0, 0))
+        for k, row in zip(keys, rows, strict=True):
+            assert np.array_equal(row, images["ref"][k]), f"wrong row for {k[:12]}"
+        sizes.append(len(keys))
+    p.join()
+    assert p.exitcode == 0
+    assert sizes == sorted(sizes) and len(set(sizes)) >= 2, f"no read overlapped: {sizes}"
+    _assert_one_complete_store(path, images["ref"])
 
 
 def test_reader_without_the_lock_still_never_sees_wrong_rows(
