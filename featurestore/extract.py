@@ -1,9 +1,14 @@
 """The extraction loop: missing keys only -> DataLoader workers -> frozen backbone -> store.
 
-Decoding and the eval transform run in DataLoader worker processes, overlapped with the forward
-pass; the HDF5 writes run on a writer thread, overlapped too. Every batch is padded to the full
-batch size so that a row's numbers never depend on which other images shared its batch (a
-resumed run gives the same bits as an uninterrupted one on the same device and precision).
+Decoding and the eval transform run in DataLoader worker processes; the HDF5 writes run on a
+writer thread. On a CPU (up to 8 threads) each worker is a whole replica: it decodes its batch and
+runs its own single-threaded copy of the network, so the cores never wait on one another (no
+OpenMP barrier stalls when decoding takes a core, no image crossing processes). On CUDA the
+workers decode into pinned memory and the main process keeps two batches in flight. Big tensors
+come from the malloc heap during a CPU run (:func:`heap_allocations`), not from fresh page-faulted
+mappings. Every batch is padded to the full batch size so that a row's numbers never depend on
+which other images shared its batch (a resumed run gives the same bits as an uninterrupted one on
+the same device and precision).
 """
 
 from __future__ import annotations

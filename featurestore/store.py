@@ -5,6 +5,7 @@ Layout under the cache root, for one extractor fingerprint::
     <backbone>-<fingerprint[:16]>.h5          consolidated rows: datasets `features`, `keys`
     <backbone>-<fingerprint[:16]>.parts/      journal: one complete HDF5 file per written batch
     <backbone>-<fingerprint[:16]>.h5.lock     advisory lock (fcntl.flock) for compaction/reads
+    <backbone>-<fingerprint[:16]>.h5.gate     lets a waiting compaction go before new readers
 
 Crash safety rests on one rule: **no HDF5 file is ever modified in place**. A batch is written to
 a temporary name inside ``.parts/``, fsynced and renamed into place, so a part file is either
@@ -39,6 +40,7 @@ import logging
 import os
 import re
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -310,6 +312,8 @@ class FeatureStore:
             raise StoreError(f"a store path ends in .h5, got {self.path}")
         self.parts_dir = self.path.with_name(self.path.stem + ".parts")
         self.lock_path = self.path.with_name(self.path.name + ".lock")
+        self.gate_path = self.path.with_name(self.path.name + ".gate")
+        self._depth: dict[int, int] = {}  # shared-lock nesting per thread (see _locked)
         self.spec = spec
         self.fingerprint = fingerprint(spec) if spec is not None else None
 
@@ -320,28 +324,61 @@ class FeatureStore:
         return cls(Path(root) / store_name(str(spec.get("backbone", "features")), fp), spec=spec)
 
     # ------------------------------------------------------------------ locking
-    @contextlib.contextmanager
-    def _locked(self, *, exclusive: bool) -> Iterator[None]:
+    def _lock_fd(self, path: Path, *, exclusive: bool) -> int | None:
+        """A descriptor to flock ``path`` with; None when a reader cannot open or create it."""
         try:
-            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+            return os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
         except OSError as exc:
             if exclusive:
                 raise StoreError(
                     f"cannot write to the cache directory {self.path.parent} ({exc.strerror}); "
                     "make it writable or choose another with --cache-dir / FEATURESTORE_CACHE"
                 ) from exc
-            try:  # a read-only cache: flock works on a read-only descriptor too
-                fd = os.open(self.lock_path, os.O_RDONLY)
-            except OSError:
-                # No lock file and no right to create one: read without the lock; readers
-                # retry if a file vanishes under them (see _retrying).
+        try:  # a read-only cache: flock works on a read-only descriptor too
+            return os.open(path, os.O_RDONLY)
+        except OSError:
+            return None
+
+    @contextlib.contextmanager
+    def _locked(self, *, exclusive: bool) -> Iterator[None]:
+        """The store's lock: shared for readers, exclusive for compaction.
+
+        Compaction has priority: it takes the gate file exclusively before the lock, and a
+        reader passes the gate (shared, for an instant) before taking the lock, so a stream of
+        overlapping readers (sweeps) cannot starve a compaction. A reader that cannot open or
+        create the files (read-only cache) goes without; readers retry when a file vanishes
+        under them (see :meth:`_retrying`). Shared locking is re-entrant per thread: a read
+        inside a read takes no second lock (it would queue behind a waiting compaction that
+        itself waits for the outer read).
+        """
+        me = threading.get_ident()
+        depth = self._depth.get(me, 0)
+        if depth and not exclusive:
+            self._depth[me] = depth + 1
+            try:
                 yield
-                return
+            finally:
+                self._depth[me] = depth
+            return
+        mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
+        fds: list[int] = []
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+            gate = self._lock_fd(self.gate_path, exclusive=exclusive)
+            if gate is not None:
+                fds.append(gate)
+                fcntl.flock(gate, mode)
+            lock = self._lock_fd(self.lock_path, exclusive=exclusive)
+            if lock is not None:
+                fds.append(lock)
+                fcntl.flock(lock, mode)
+            if gate is not None and not exclusive:
+                fcntl.flock(gate, fcntl.LOCK_UN)  # readers only pass through the gate
+            self._depth[me] = depth + 1
             yield
         finally:
-            os.close(fd)  # closing releases the flock
+            self._depth[me] = depth
+            for fd in fds:
+                os.close(fd)  # closing releases the flock
 
     # ------------------------------------------------------------------ attributes
     def _attrs(self, provenance: dict[str, Any]) -> dict[str, Any]:

@@ -269,3 +269,54 @@ def test_concurrent_store_writers_with_overlapping_keys(fork_ctx: Any, tmp_path:
     assert sorted(keys) == [_key(i) for i in range(30 * 8)]
     assert all(np.array_equal(r, _row(k)) for k, r in zip(keys, rows, strict=True))
     assert verify(path).ok and not list(path.with_name(path.stem + ".parts").glob("*"))
+
+
+def _blocked_flocks() -> int:
+    """How many flock requests are waiting, system-wide (Linux: '->' lines in /proc/locks)."""
+    return sum(" -> " in line for line in Path("/proc/locks").read_text().splitlines())
+
+
+@pytest.mark.skipif(not Path("/proc/locks").exists(), reason="needs Linux /proc/locks")
+def test_a_waiting_compaction_goes_before_new_readers(tmp_path: Path) -> None:
+    """Readers that keep overlapping (several sweeps) must not starve a compaction: once a
+    compaction waits, new readers queue behind it."""
+    import threading
+
+    path = FeatureStore.for_spec(tmp_path, SPEC).path
+    first, second, compactor = (FeatureStore(path) for _ in range(3))
+    order: list[str] = []
+    holding, release = threading.Event(), threading.Event()
+
+    def long_read() -> None:
+        with first._locked(exclusive=False):
+            holding.set()
+            release.wait(30)
+            order.append("first read ends")
+
+    def compact() -> None:
+        with compactor._locked(exclusive=True):
+            order.append("compaction")
+
+    def new_read() -> None:
+        with second._locked(exclusive=False):
+            order.append("second read")
+
+    def wait_blocked(n: int) -> None:
+        deadline = time.monotonic() + 30
+        while _blocked_flocks() < n:
+            assert time.monotonic() < deadline, "a lock request never blocked"
+            time.sleep(0.005)
+
+    threads = [threading.Thread(target=f) for f in (long_read, compact, new_read)]
+    base = _blocked_flocks()
+    threads[0].start()
+    assert holding.wait(30)
+    threads[1].start()
+    wait_blocked(base + 1)  # the compaction waits for the first read
+    threads[2].start()
+    time.sleep(0.2)
+    assert "second read" not in order, "a new reader overtook the waiting compaction"
+    release.set()
+    for t in threads:
+        t.join(30)
+    assert order == ["first read ends", "compaction", "second read"]

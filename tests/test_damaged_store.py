@@ -325,8 +325,9 @@ def test_read_only_cache_serves_cached_rows_and_refuses_new_ones_cleanly(
     assert rc == 1 and "cannot write to the cache directory" in err and "Traceback" not in err
     assert _sh_result(o / "verify")[0] == 0
     # Made read-only before any lock file existed: readers go without the lock.
-    lock.unlink()
-    del before[lock]
+    for path in (lock, store.with_name(store.name + ".gate")):
+        path.unlink()
+        del before[path]
     read = (
         f"{shlex.quote(sys.executable)} -c 'import sys; from featurestore.store import "
         f"FeatureStore as S; s = S(sys.argv[1]); s.read_all(); s.compact()' {store} "

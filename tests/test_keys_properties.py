@@ -180,7 +180,7 @@ def test_keys_and_fingerprints_are_stable_across_processes(tmp_path: Path, cli_e
         "file": file_key(img),
         "array": array_key(np.arange(24, dtype=np.float32).reshape(2, 3, 4)),
     }
-    for seed in ("0", "12345"):
+    for seed in ("12345",):  # this process runs with a random (or another) hash seed
         out = subprocess.run(
             [sys.executable, "-c", _PROBE, json.dumps(configs), str(img)],
             env=cli_env(PYTHONHASHSEED=seed),
