@@ -115,3 +115,18 @@ def load_features(
         extractors=extractors,
         skipped=skipped,
     )
+
+
+def rows_for_records(
+    src: Source, records: Sequence[Record], **kwargs: Any
+) -> tuple[np.ndarray, np.ndarray, Features]:
+    """(X, ok, features): one row per record (zeros where ``ok`` is False: undecodable).
+
+    ``kwargs`` go to :func:`load_features`, which runs on ``src``.
+    """
+    feats = load_features(src, **kwargs)
+    have = {k: i for i, k in enumerate(feats.keys)}
+    ok = np.array([r.key in have for r in records], dtype=bool)
+    X = np.zeros((len(records), feats.X.shape[1]), dtype=np.float32)
+    X[ok] = feats.X[[have[r.key] for r, o in zip(records, ok, strict=True) if o]]
+    return X, ok, feats

@@ -19,7 +19,7 @@ import numpy as np
 
 from classifiers.split import stratified_hash_split
 from classifiers.sweep import FeatureSet
-from featurestore.api import load_features
+from featurestore.api import rows_for_records
 from featurestore.datasets import Skipped, Source, SourceError, open_source
 from featurestore.pixels import DEFAULT_SIZE, pixel_rows
 
@@ -111,8 +111,9 @@ def build_sweep_data(
     skipped: list[Skipped] = list(src.skipped)
     wanted = list(dict.fromkeys([*backbones, *(p for c in combos for p in c.split("+"))]))
     for name in wanted:
-        feats = load_features(
+        X, ok, feats = rows_for_records(
             sub,
+            records,
             backbone=name,
             cache_dir=cache_dir,
             class_names=class_names,
@@ -120,10 +121,6 @@ def build_sweep_data(
             **options,
         )
         skipped += [s for s in feats.skipped if s not in skipped]
-        have = {k: i for i, k in enumerate(feats.keys)}
-        ok = np.array([r.key in have for r in records], dtype=bool)
-        X = np.zeros((len(records), feats.X.shape[1]), dtype=np.float32)
-        X[ok] = feats.X[[have[r.key] for r, o in zip(records, ok, strict=True) if o]]
         ex = feats.extractors[0]
         opts = {k: v for k, v in options.items() if k in EXTRACT_OPTIONS}
         blocks[name] = (

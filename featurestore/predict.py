@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from classifiers.saved import load_head
-from featurestore.api import load_features
+from featurestore.api import rows_for_records
 from featurestore.datasets import Skipped, Source, open_source
 from featurestore.extractor import resolve
 from featurestore.pixels import pixel_rows
@@ -83,8 +83,9 @@ def predict(
     blocks: list[tuple[np.ndarray, np.ndarray]] = []
     skipped = list(src.skipped)
     for ex in meta.get("extractors", []):
-        feats = load_features(
+        X, ok, feats = rows_for_records(
             sub,
+            records,
             backbone=ex["backbone"],
             cache_dir=cache_dir,
             class_names=class_names,
@@ -92,10 +93,6 @@ def predict(
             **ex.get("options", {}),
         )
         skipped += [s for s in feats.skipped if s not in skipped]
-        have = {k: i for i, k in enumerate(feats.keys)}
-        ok = np.array([r.key in have for r in records], dtype=bool)
-        X = np.zeros((len(records), feats.X.shape[1]), dtype=np.float32)
-        X[ok] = feats.X[[have[r.key] for r, o in zip(records, ok, strict=True) if o]]
         blocks.append((X, ok))
     if meta.get("pixels"):
         X, ok, bad = pixel_rows(records, src.loader, size=int(meta["pixels"]))
