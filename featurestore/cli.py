@@ -148,7 +148,9 @@ def _print_summary(r: Any) -> None:
     "--workers",
     type=click.IntRange(min=0),
     default=None,
-    help="Decode worker processes (default: cores-1 on CPU, up to 8 on CUDA).",
+    help="Default on CPU: one process per core (up to 8), each decoding and running its own "
+    "copy of the network; on CUDA up to 8 decode workers. N: N decode processes feeding the "
+    "main process; 0: everything in-process.",
 )
 @click.option(
     "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True
