@@ -3,9 +3,12 @@
 Default data: 2,000 x 1,280 float32 rows from ``make_classification`` (10 classes), a
 SYNTHETIC stand-in for EfficientNet-Lite0-sized bottleneck features. Pass ``--features
 PATH.npz`` (arrays ``X`` and ``y``; optional ``keys``, the image sha256 hex strings) to time
-real cached features instead. Rows are split 80/20 with ``stratified_hash_split``.
+real rows saved to a file, or ``--source SRC --backbone NAME`` to read them from the feature
+store through the cache (extracting what is missing first; the extraction is not timed). Rows are
+split 80/20 with ``stratified_hash_split``.
 
     python benchmarks/sweep_speed.py
+    python benchmarks/sweep_speed.py --source builtin:digits --backbone efficientnet_lite0
     python benchmarks/sweep_speed.py --features cache/lite0_hymenoptera.npz --n-jobs 2
 
 Prints a per-head table (seconds, CV and test accuracy) and the total. Not a test; never
@@ -68,6 +71,8 @@ def _load(path: Path) -> tuple[np.ndarray, np.ndarray, list[str] | None]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--features", type=Path, help="npz with arrays X, y (optional keys)")
+    parser.add_argument("--source", help="a featurestore source (e.g. builtin:digits)")
+    parser.add_argument("--backbone", default="efficientnet_lite0", help="with --source")
     parser.add_argument("--samples", type=int, default=2000, help="synthetic rows")
     parser.add_argument("--dim", type=int, default=1280, help="synthetic feature width")
     parser.add_argument("--classes", type=int, default=10, help="synthetic classes")
@@ -82,7 +87,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
 
-    if args.features:
+    if args.source:
+        from featurestore.api import load_features
+
+        feats = load_features(args.source, backbone=args.backbone, progress=True)
+        X, y_raw, keys = feats.X, feats.y, feats.keys
+        source = f"{args.source} (real {args.backbone} rows read from the feature store)"
+    elif args.features:
         X, y_raw, keys = _load(args.features)
         source = f"{args.features} (real features)"
     else:

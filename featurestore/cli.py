@@ -332,12 +332,16 @@ def verify(store: str, cache_dir: Path | None, as_json: bool) -> None:
 
 @main.command()
 def heads() -> None:
-    """List the classifier heads that `sweep --heads` accepts, with their grids."""
+    """List the classifier heads that `sweep --heads` accepts, with their defaults (used by
+    `sweep --no-grid`) and grids."""
     from classifiers.heads import list_heads
 
     for h in list_heads():
+        params = h.build().get_params()
+        default = ", ".join(f"{k.split('__')[-1]}={params[k]!r}" for k in h.grid)
         grid = ", ".join(f"{k.split('__')[-1]}={v}" for k, v in h.grid.items())
         click.echo(f"{h.name:<12} {h.description}")
+        click.echo(f"{'':<12} default: {default or '(none)'}")
         click.echo(f"{'':<12} grid: {grid or '(none)'}")
 
 
@@ -435,6 +439,7 @@ def sweep(
     split only, refit the best setting, evaluate once on the held-out split. Writes
     leaderboard.{md,csv,json}, confusion/ROC/leaderboard plots and the best head to --out.
     """
+    from classifiers.calibration import with_probabilities
     from classifiers.report import write_report
     from classifiers.saved import save_head
     from classifiers.sweep import run_sweep
@@ -513,7 +518,10 @@ def sweep(
                 "n_test": best.n_test,
             },
         }
-        paths["head"] = save_head(best.estimator, out_dir / "best_head.joblib", metadata=meta)
+        trained = next(fs for fs in data.feature_sets if fs.name == best.feature_set)
+        # SVMs have no predict_proba: calibrate their scores so predict can report one.
+        head = with_probabilities(best.estimator, trained.X_train, trained.y_train, cv=cv)
+        paths["head"] = save_head(head, out_dir / "best_head.joblib", metadata=meta)
     click.echo(paths["markdown"].read_text().split("\n\n## ")[0])
     for name, p in paths.items():
         click.echo(f"{name:<17} {p}")

@@ -107,9 +107,12 @@ def predict(
     proba: list[float | None] = [None] * len(kept)
     if len(kept) and hasattr(estimator, "predict_proba"):
         try:
-            proba = [float(p) for p in estimator.predict_proba(X).max(axis=1)]
+            table = estimator.predict_proba(X)
         except AttributeError:  # e.g. a Pipeline whose final step has no predict_proba
             pass
+        else:  # the probability of the predicted class (columns follow estimator.classes_)
+            column = np.searchsorted(estimator.classes_, pred)
+            proba = [float(p) for p in table[np.arange(len(pred)), column]]
     return Prediction(
         paths=[r.path for r in kept],
         labels=[r.label for r in kept],

@@ -155,3 +155,35 @@ def test_classifiers_never_import_torch_or_featurestore() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert str(ROOT / "classifiers") in done.stdout
+
+
+def test_linear_svm_picks_its_solver_by_shape_and_keeps_its_params() -> None:
+    from classifiers.heads import DUAL_MAX_RATIO, ShapeDualLinearSVC
+
+    X, y = make_classification(n_samples=300, n_features=20, n_informative=8, random_state=0)
+    tall = ShapeDualLinearSVC(C=0.1, random_state=0).fit(X, y)  # 300 rows > 2 x 20 features
+    wide = ShapeDualLinearSVC(C=0.1, random_state=0).fit(X[:, :10].repeat(40, axis=1), y)
+    assert X.shape[0] > DUAL_MAX_RATIO * X.shape[1]
+    assert tall.dual_ is False and wide.dual_ is True
+    assert tall.get_params()["dual"] == "auto" == wide.get_params()["dual"]
+    forced = ShapeDualLinearSVC(C=0.1, dual=True, random_state=0).fit(X, y)
+    assert forced.dual_ is True
+    # Both solvers reach the same optimum (squared hinge, L2) up to the solver tolerance.
+    agree = (tall.predict(X) == forced.predict(X)).mean()
+    assert agree >= 0.99
+    np.testing.assert_allclose(tall.coef_, forced.coef_, atol=2e-3)
+
+
+def test_linear_svm_passes_sklearns_estimator_checks() -> None:
+    from sklearn.utils.estimator_checks import check_estimator
+
+    from classifiers.heads import ShapeDualLinearSVC
+
+    # LinearSVC itself fails the two sample-weight equivalence checks (liblinear's tolerance).
+    known = {
+        "check_sample_weight_equivalence_on_dense_data",
+        "check_sample_weight_equivalence_on_sparse_data",
+    }
+    results = check_estimator(ShapeDualLinearSVC(), on_fail=None)
+    failed = [r["check_name"] for r in results if r["status"] == "failed"]
+    assert set(failed) <= known, failed

@@ -37,6 +37,26 @@ def run(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([*CLI, *args], capture_output=True, text=True)
 
 
+def predict_val(src: Path, head: Path, cache: str) -> list[dict[str, str]]:
+    """`featurestore predict` on the val split; the CSV's rows."""
+    out = head.parent / "pred.csv"
+    p = run(
+        "predict",
+        str(src),
+        "--split",
+        "val",
+        "--head",
+        str(head),
+        "--out",
+        str(out),
+        "--cache-dir",
+        cache,
+    )
+    assert p.returncode == 0, p.stderr
+    with open(out) as fh:
+        return list(csv.DictReader(fh))
+
+
 def test_sweep_combo_every_head_then_predict_reproduces_accuracy(tmp_path: Path) -> None:
     src = make_split_folder(tmp_path / "imgs")
     out = tmp_path / "report"
@@ -86,23 +106,40 @@ def test_sweep_combo_every_head_then_predict_reproduces_accuracy(tmp_path: Path)
     ):
         assert (out / name).stat().st_size > 0
     best = rows[0]
-    p = run(
-        "predict",
-        str(src),
-        "--split",
-        "val",
-        "--head",
-        str(out / "best_head.joblib"),
-        "--out",
-        str(tmp_path / "pred.csv"),
-        "--cache-dir",
-        cache,
-    )
-    assert p.returncode == 0, p.stderr
-    with open(tmp_path / "pred.csv") as fh:
-        preds = list(csv.DictReader(fh))
+    preds = predict_val(src, out / "best_head.joblib", cache)
     acc = sum(row["predicted"] == row["label"] for row in preds) / len(preds)
     assert len(preds) == 12 and acc == pytest.approx(best["accuracy"], abs=0)
+    assert all(0.0 <= float(row["probability"]) <= 1.0 for row in preds)
+
+
+def test_saved_svm_head_predicts_with_calibrated_probabilities(tmp_path: Path) -> None:
+    """An SVM has no predict_proba: the saved head calibrates its scores; labels stay its own."""
+    src = make_split_folder(tmp_path / "imgs")
+    out, cache = tmp_path / "report", str(tmp_path / "cache")
+    r = run(
+        "sweep",
+        str(src),
+        "-b",
+        "resnet18",
+        "--heads",
+        "linear_svm",
+        "--no-pixels",
+        "--cv",
+        "3",
+        "--out",
+        str(out),
+        "--cache-dir",
+        cache,
+        *TINY,
+    )
+    assert r.returncode == 0, r.stderr
+    (row,) = json.loads((out / "leaderboard.json").read_text())["rows"]
+    assert row["head"] == "linear_svm"
+    preds = predict_val(src, out / "best_head.joblib", cache)
+    acc = sum(p["predicted"] == p["label"] for p in preds) / len(preds)
+    assert acc == pytest.approx(row["accuracy"], abs=0)
+    probs = [float(p["probability"]) for p in preds]  # empty before: ValueError here
+    assert all(0.0 < q < 1.0 for q in probs)
 
 
 def test_predict_refuses_tampered_head_and_foreign_extractor(tmp_path: Path) -> None:

@@ -1,0 +1,100 @@
+"""Probabilities for heads that only give decision scores (the SVMs).
+
+``LinearSVC`` and ``SVC`` (without its internal 5-fold ``probability=True`` fit) have no
+``predict_proba``. :class:`ScoreCalibrated` wraps such a head: it predicts exactly what the head
+predicts and maps the head's ``decision_function`` scores to probabilities with a logistic
+regression fitted on *out-of-fold* scores of the training data (Platt scaling; one multinomial
+regression on the score vector when there are more than two classes). Out-of-fold scores are
+needed because in-sample SVM scores of nearly separable features are overconfident.
+
+Because ``predict`` stays the head's own, the probability of the predicted class can fall
+below the largest one for the few rows next to the decision boundary; use
+``predict_proba(X)[i, k]`` for the class you care about.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin, MetaEstimatorMixin, clone
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import StratifiedKFold, cross_val_predict
+from sklearn.utils.validation import check_is_fitted
+
+__all__ = ["ScoreCalibrated", "needs_calibration"]
+
+
+def needs_calibration(estimator: BaseEstimator) -> bool:
+    """True when ``estimator`` has ``decision_function`` but no usable ``predict_proba``."""
+    return not hasattr(estimator, "predict_proba") and hasattr(estimator, "decision_function")
+
+
+def _as_columns(scores: np.ndarray) -> np.ndarray:
+    scores = np.asarray(scores, dtype=np.float64)
+    return scores.reshape(-1, 1) if scores.ndim == 1 else scores
+
+
+class ScoreCalibrated(MetaEstimatorMixin, ClassifierMixin, BaseEstimator):
+    """``estimator``'s predictions plus probabilities calibrated from its decision scores.
+
+    Args:
+        estimator: An unfitted classifier with ``decision_function`` (a head's Pipeline).
+        cv: Folds for the out-of-fold scores; lowered to the smallest class count (>= 2).
+        random_state: Seed of the stratified folds.
+
+    Attributes (after ``fit``):
+        estimator_: ``estimator`` refitted on all of ``X``; ``predict`` is its ``predict``.
+        calibrator_: ``LogisticRegression`` from scores to class probabilities.
+        classes_: The class labels, as in ``estimator_``.
+    """
+
+    def __init__(self, estimator: BaseEstimator, *, cv: int = 5, random_state: int = 0) -> None:
+        self.estimator = estimator
+        self.cv = cv
+        self.random_state = random_state
+
+    def fit(self, X: Any, y: Any) -> ScoreCalibrated:
+        y = np.asarray(y)
+        _, counts = np.unique(y, return_counts=True)
+        folds = min(self.cv, int(counts.min()))
+        if folds < 2:
+            raise ValueError("every class needs at least 2 training rows to calibrate scores")
+        splitter = StratifiedKFold(folds, shuffle=True, random_state=self.random_state)
+        oof = cross_val_predict(
+            clone(self.estimator), X, y, cv=splitter, method="decision_function"
+        )
+        self.calibrator_ = LogisticRegression(max_iter=1000).fit(_as_columns(oof), y)
+        self.estimator_ = clone(self.estimator).fit(X, y)
+        self.classes_ = self.estimator_.classes_
+        return self
+
+    def predict(self, X: Any) -> np.ndarray:
+        check_is_fitted(self, "estimator_")
+        return self.estimator_.predict(X)
+
+    def decision_function(self, X: Any) -> np.ndarray:
+        check_is_fitted(self, "estimator_")
+        return self.estimator_.decision_function(X)
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        check_is_fitted(self, "calibrator_")
+        return self.calibrator_.predict_proba(_as_columns(self.decision_function(X)))
+
+
+def with_probabilities(
+    fitted: BaseEstimator, X_train: Any, y_train: Any, *, cv: int = 5, random_state: int = 0
+) -> BaseEstimator:
+    """``fitted`` itself if it has ``predict_proba``, else a :class:`ScoreCalibrated` head fitted
+    on the same training rows.
+
+    Raises:
+        RuntimeError: The refitted head does not predict the training rows exactly as
+            ``fitted`` does (the head is not deterministic), so it could not stand in for it.
+    """
+    if not needs_calibration(fitted):
+        return fitted
+    calibrated = ScoreCalibrated(fitted, cv=cv, random_state=random_state).fit(X_train, y_train)
+    if not np.array_equal(calibrated.predict(X_train), fitted.predict(X_train)):
+        raise RuntimeError("the refitted head predicts differently from the fitted one")
+    return calibrated

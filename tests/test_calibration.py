@@ -1,0 +1,70 @@
+"""Calibrated probabilities for the SVM heads (classifiers.calibration)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.datasets import make_classification
+from sklearn.metrics import log_loss
+from sklearn.model_selection import train_test_split
+
+from classifiers.calibration import ScoreCalibrated, needs_calibration, with_probabilities
+from classifiers.heads import get_head
+from classifiers.saved import load_head, save_head
+
+
+def _data(n_classes: int) -> tuple[np.ndarray, ...]:
+    X, y = make_classification(
+        n_samples=400,
+        n_features=30,
+        n_informative=10,
+        n_classes=n_classes,
+        n_clusters_per_class=1,
+        class_sep=1.0,
+        flip_y=0.05,
+        random_state=0,
+    )
+    return tuple(train_test_split(X, y, test_size=0.3, stratify=y, random_state=0))
+
+
+@pytest.mark.parametrize("head", ["linear_svm", "rbf_svm"])
+@pytest.mark.parametrize("n_classes", [2, 3])
+def test_calibrated_head_keeps_predictions_and_gives_useful_probabilities(
+    head: str, n_classes: int
+) -> None:
+    X_tr, X_te, y_tr, y_te = _data(n_classes)
+    fitted = get_head(head).build().fit(X_tr, y_tr)
+    assert needs_calibration(fitted)
+    calibrated = with_probabilities(fitted, X_tr, y_tr, cv=5)
+    assert isinstance(calibrated, ScoreCalibrated)
+    np.testing.assert_array_equal(calibrated.predict(X_te), fitted.predict(X_te))
+    proba = calibrated.predict_proba(X_te)
+    assert proba.shape == (len(X_te), n_classes)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0)
+    # Far better than knowing nothing (uniform), and confident where the head is right.
+    assert log_loss(y_te, proba) < 0.75 * np.log(n_classes)
+    right = calibrated.predict(X_te) == y_te
+    top = proba.max(axis=1)
+    assert top[right].mean() > top[~right].mean()
+
+
+def test_heads_with_probabilities_are_returned_as_they_are() -> None:
+    X_tr, _, y_tr, _ = _data(2)
+    fitted = get_head("logreg").build().fit(X_tr, y_tr)
+    assert not needs_calibration(fitted)
+    assert with_probabilities(fitted, X_tr, y_tr) is fitted
+
+
+def test_calibrated_head_survives_save_and_load(tmp_path) -> None:
+    X_tr, X_te, y_tr, _ = _data(3)
+    calibrated = with_probabilities(get_head("linear_svm").build().fit(X_tr, y_tr), X_tr, y_tr)
+    path = save_head(calibrated, tmp_path / "head.joblib", metadata={"class_names": ["a"]})
+    loaded, _ = load_head(path)
+    np.testing.assert_array_equal(loaded.predict_proba(X_te), calibrated.predict_proba(X_te))
+
+
+def test_calibration_needs_two_rows_per_class() -> None:
+    X = np.random.default_rng(0).normal(size=(5, 3))
+    y = np.array([0, 0, 0, 0, 1])
+    with pytest.raises(ValueError, match="at least 2 training rows"):
+        ScoreCalibrated(get_head("linear_svm").build()).fit(X, y)
