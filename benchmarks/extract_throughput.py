@@ -2,12 +2,12 @@
 
     a   the forward pass alone on already-decoded uint8 batches (the ceiling): the extractor's
         network (BatchNorm folded) in channels-last, with the allocator setting ``extract`` uses
-        (``featurestore.extract.heap_allocations``), measured as
+        (``featurestore.pipeline.heap_allocations``), measured as
         a1  one model, torch's default threads (what ``model(x)`` on a batch gives), and
         a*  the arrangement ``extract`` uses on CPU, minus decoding: one forked single-threaded
-            replica per core (``featurestore.extract.cpu_replica_workers``), the fastest found;
+            replica per core (``featurestore.pipeline.cpu_replica_workers``), the fastest found;
         the default (NCHW) layout of a1 is shown too;
-    b   ``featurestore.extract`` end to end, files -> rows in a fresh store (scan, hash, decode,
+    b   ``featurestore extract`` end to end, files -> rows in a fresh store (scan, hash, decode,
         forward, write, compact);
     c   the tutorials' naive loop: open one image, transform, ``model(x[None])``, to numpy (the
         library's own network as built, fp32, default layout);
@@ -55,14 +55,14 @@ from _common import (
 )
 
 from featurestore.datasets import open_source
-from featurestore.extract import (
+from featurestore.extraction import extract
+from featurestore.extractor import resolve
+from featurestore.pipeline import (
     _Collate,
     _ImageDataset,
     cpu_replica_workers,
-    extract,
     heap_allocations,
 )
-from featurestore.extractor import resolve
 from featurestore.store import FeatureStore
 
 
@@ -99,7 +99,7 @@ def forward_rate(model: Any, batches: list[torch.Tensor], seconds: float, device
 def replica_rate(model: Any, batches: list[torch.Tensor], seconds: float, replicas: int) -> float:
     """Images/s of ``replicas`` forked processes, each running the model single-threaded.
 
-    The arrangement ``extract`` uses on CPU (``featurestore.extract.cpu_replica_workers``), minus
+    The arrangement ``extract`` uses on CPU (``featurestore.pipeline.cpu_replica_workers``), minus
     the decoding. Every process starts together after a warm-up; a batch begun before the
     deadline is counted and waited for.
     """

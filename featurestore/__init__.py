@@ -7,8 +7,9 @@ Public API::
     feats = load_features("images/", backbone="efficientnet_lite0", split="train")
     feats.X, feats.y, feats.keys, feats.class_names
 
-The store side (``featurestore.store``) needs only numpy and h5py; torch loads on first use of
-:func:`extract` or :func:`load_features`.
+The store side (``featurestore.store``) needs only numpy and h5py; torch loads only when
+:func:`extract` or :func:`load_features` has an image to extract (a run whose rows are all
+cached never imports it).
 """
 
 from __future__ import annotations
@@ -21,12 +22,12 @@ __all__ = ["__version__", "extract", "load_features", "open_source"]
 if TYPE_CHECKING:
     from featurestore.api import load_features
     from featurestore.datasets import open_source
-    from featurestore.extract import extract
+    from featurestore.extraction import extract
 
 
 def __getattr__(name: str) -> Any:
     if name == "extract":
-        from featurestore.extract import extract
+        from featurestore.extraction import extract
 
         return extract
     if name == "load_features":

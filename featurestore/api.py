@@ -57,9 +57,9 @@ def load_features(
     concatenated column-wise in that order, aligned on image keys. With ``extract_missing``
     (default) images not yet in the store are extracted first; otherwise they are an error.
     Images that could not be decoded are left out and listed in ``skipped``. ``options`` go to
-    :func:`featurestore.extract.extract` (nodes, pooling, weights, input_size, precision, ...).
+    :func:`featurestore.extraction.extract` (nodes, pooling, weights, input_size, precision, ...).
     """
-    from featurestore.extract import extract
+    from featurestore.extraction import extract
     from featurestore.extractor import resolve
 
     src = source if isinstance(source, Source) else open_source(source)

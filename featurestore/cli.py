@@ -170,7 +170,7 @@ def extract(source: str, backbone: str, as_json: bool, **kw: Any) -> None:
     Exit status: 0 when every image was stored, 3 when the run finished but skipped some images
     (listed in the summary), 1 on error.
     """
-    from featurestore.extract import extract as run
+    from featurestore.extraction import extract as run
 
     ex = _extractor_kwargs(kw)
     try:

@@ -20,7 +20,7 @@ import logging
 import os
 import re
 import stat
-from collections.abc import Iterable
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,9 +42,14 @@ class SourceError(ValueError):
     """A source that cannot be read at all (missing, empty, ambiguous)."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Record:
-    """One image: its content key, label (or None), split (or None) and where it comes from."""
+    """One image: its content key, label (or None), split (or None) and where it comes from.
+
+    Slotted (no per-instance ``__dict__``): a source of 20,000 files holds 20,000 of these for
+    the whole run. A file record's ``ref`` shares the ``path`` string, and the records of one
+    folder share their ``label`` string.
+    """
 
     key: str
     path: str
@@ -121,26 +126,35 @@ class Source:
 
 
 # ---------------------------------------------------------------------------- files
-def _hash_files(
-    paths: list[Path], *, threads: int = 4
-) -> list[tuple[Path, str | None, str | None]]:
-    """(path, key, error) for each path; hashing releases the GIL, so threads help."""
+_HASH_CHUNK = 64  # files per hashing task
 
-    def one(path: Path) -> tuple[Path, str | None, str | None]:
+
+# Scanning works on path strings, not Path objects (a few hundred bytes each, 20,000 at once):
+# every string is exactly what str(Path) gave for the same file.
+def _hash_files(paths: Sequence[str], *, threads: int = 4) -> list[tuple[str | None, str | None]]:
+    """(key, error) for each path; hashing releases the GIL, so threads help."""
+
+    def one(path: str) -> tuple[str | None, str | None]:
         try:
-            st = path.stat()
+            st = os.stat(path)
             if not stat.S_ISREG(st.st_mode):  # a FIFO would block, a device never end
-                return path, None, f"not a regular file ({_file_type(st.st_mode)})"
+                return None, f"not a regular file ({_file_type(st.st_mode)})"
             if st.st_size == 0:
-                return path, None, "empty file (0 bytes)"
-            return path, file_key(path), None
+                return None, "empty file (0 bytes)"
+            return file_key(path), None  # type: ignore[arg-type]  # it opens a str as well
         except OSError as exc:
-            return path, None, f"cannot read: {exc.strerror or exc}"
+            return None, f"cannot read: {exc.strerror or exc}"
 
-    if len(paths) < 64:
-        return [one(p) for p in paths]
+    def some(chunk: Sequence[str]) -> list[tuple[str | None, str | None]]:
+        return [one(p) for p in chunk]
+
+    if len(paths) < 2 * _HASH_CHUNK:
+        return some(paths)
+    # One task per chunk: a task per file costs more than hashing a small file (and
+    # ThreadPoolExecutor.map ignores its chunksize argument).
+    chunks = [paths[i : i + _HASH_CHUNK] for i in range(0, len(paths), _HASH_CHUNK)]
     with ThreadPoolExecutor(max_workers=threads) as pool:
-        return list(pool.map(one, paths, chunksize=64))
+        return [r for done in pool.map(some, chunks) for r in done]
 
 
 def _file_type(mode: int) -> str:
@@ -156,9 +170,17 @@ def _file_type(mode: int) -> str:
     return "not a plain file"
 
 
-def _walk_files(root: Path, skipped: list[Skipped]) -> list[Path]:
-    """Files under ``root``, sorted, following directory symlinks once (loops are skipped)."""
-    out: list[Path] = []
+def _suffix(path: str) -> str:
+    """``Path(path).suffix`` of a normalised path string (``str(Path(...))``)."""
+    name = path[path.rfind("/") + 1 :]
+    i = name.rfind(".")
+    return name[i:] if 0 < i < len(name) - 1 else ""
+
+
+def _walk_files(root: Path, skipped: list[Skipped]) -> Iterator[tuple[Path, list[str]]]:
+    """(folder, its file names sorted) for ``root`` and each folder under it, top-down with
+    sub-folders sorted, following directory symlinks once (loops are skipped); hidden names are
+    left out."""
     seen: set[tuple[int, int]] = set()
 
     def onerror(exc: OSError) -> None:
@@ -177,39 +199,43 @@ def _walk_files(root: Path, skipped: list[Skipped]) -> list[Path]:
             continue
         seen.add((st.st_dev, st.st_ino))
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        out.extend(Path(dirpath) / f for f in sorted(filenames) if not f.startswith("."))
-    return out
+        yield Path(dirpath), sorted(f for f in filenames if not f.startswith("."))
 
 
 def _file_records(
-    entries: Iterable[tuple[Path, str | None, str | None]], skipped: list[Skipped]
+    entries: list[tuple[str, str | None, str | None]], skipped: list[Skipped]
 ) -> list[Record]:
     """Hash (path, label, split) entries into records; unreadable or non-image files skip."""
-    candidates: list[tuple[Path, str | None, str | None]] = []
-    for path, label, split in entries:
-        if path.suffix.lower() not in IMAGE_EXTENSIONS:
-            skipped.append(Skipped(str(path), f"not an image file (extension {path.suffix!r})"))
+    candidates: list[tuple[str, str | None, str | None]] = []
+    for entry in entries:
+        suffix = _suffix(entry[0])
+        if suffix.lower() not in IMAGE_EXTENSIONS:
+            skipped.append(Skipped(entry[0], f"not an image file (extension {suffix!r})"))
             continue
-        candidates.append((path, label, split))
+        candidates.append(entry)
     hashed = _hash_files([p for p, _, _ in candidates])
     records = []
-    for (path, label, split), (_, key, error) in zip(candidates, hashed, strict=True):
+    for (path, label, split), (key, error) in zip(candidates, hashed, strict=True):
         if error is not None:
-            skipped.append(Skipped(str(path), error))
+            skipped.append(Skipped(path, error))
             continue
         assert key is not None
-        records.append(Record(key, str(path), label, split, ("file", str(path))))
+        records.append(Record(key, path, label, split, ("file", path)))
     return records
 
 
 def _folder_entries(
     root: Path, split: str | None, skipped: list[Skipped], warnings: list[str]
-) -> list[tuple[Path, str | None, str | None]]:
-    entries: list[tuple[Path, str | None, str | None]] = []
-    for path in _walk_files(root, skipped):
-        rel = path.relative_to(root)
-        label = rel.parts[0] if len(rel.parts) > 1 else None
-        entries.append((path, label, split))
+) -> list[tuple[str, str | None, str | None]]:
+    """(path, label, split) of the files under ``root``; label: the first folder below root."""
+    entries: list[tuple[str, str | None, str | None]] = []
+    for folder, names in _walk_files(root, skipped):
+        rel = folder.relative_to(root).parts
+        label = rel[0] if rel else None  # one string for the whole folder
+        text = str(folder)
+        # = str(folder / name): names hold no "/" and are not "." or ".." (nor hidden)
+        prefix = "" if text == "." else text if text.endswith("/") else text + "/"
+        entries.extend((prefix + name, label, split) for name in names)
     for sub in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         if not any(e[1] == sub.name for e in entries):
             warnings.append(f"class folder {sub} holds no files")
@@ -222,7 +248,7 @@ def from_folder(root: Path) -> Source:
     warnings: list[str] = []
     subdirs = {p.name.lower(): p for p in root.iterdir() if p.is_dir()}
     split_dirs = [subdirs[s] for s in SPLIT_NAMES if s in subdirs]
-    entries: list[tuple[Path, str | None, str | None]] = []
+    entries: list[tuple[str, str | None, str | None]] = []
     if split_dirs:
         for d in split_dirs:
             entries += _folder_entries(d, d.name.lower(), skipped, warnings)
@@ -231,8 +257,11 @@ def from_folder(root: Path) -> Source:
             warnings.append(
                 f"split layout detected; ignoring non-split folders {[p.name for p in others]}"
             )
-        entries += [(p, None, None) for p in sorted(root.iterdir()) if p.is_file()
-                    and not p.name.startswith(".")]
+        entries += [
+            (str(p), None, None)
+            for p in sorted(root.iterdir())
+            if p.is_file() and not p.name.startswith(".")
+        ]
     else:
         entries = _folder_entries(root, None, skipped, warnings)
     records = _file_records(entries, skipped)
@@ -269,14 +298,20 @@ def from_csv(path: Path) -> Source:
             continue
         rel = row[col["path"]].strip()
         file = (base / rel) if not os.path.isabs(rel) else Path(rel)
-        label = row[col["label"]].strip() or None if "label" in col and len(row) > col["label"] \
+        label = (
+            row[col["label"]].strip() or None
+            if "label" in col and len(row) > col["label"]
             else None
-        split = row[col["split"]].strip() or None if "split" in col and len(row) > col["split"] \
+        )
+        split = (
+            row[col["split"]].strip() or None
+            if "split" in col and len(row) > col["split"]
             else None
+        )
         if not file.exists() and not file.is_symlink():
             skipped.append(Skipped(str(file), f"missing file (manifest line {n})"))
             continue
-        entries.append((file, label, split))
+        entries.append((str(file), label, split))
     records = _file_records(entries, skipped)
     return Source(str(path), "csv", records, skipped)
 
@@ -301,7 +336,9 @@ def _detect_arrays(f: Any) -> list[tuple[str, str | None]]:
     images = [
         k
         for k, v in datasets.items()
-        if v.ndim in (3, 4) and v.shape[0] > 0 and v.dtype.kind in "uif"
+        if v.ndim in (3, 4)
+        and v.shape[0] > 0
+        and v.dtype.kind in "uif"
         and (v.ndim == 3 or v.shape[-1] in (1, 3, 4) or v.shape[1] in (1, 3, 4))
     ]
     pairs = []
@@ -318,7 +355,9 @@ def _detect_arrays(f: Any) -> list[tuple[str, str | None]]:
             (
                 g
                 for g in guesses
-                if g != name and g in datasets and datasets[g].size == n
+                if g != name
+                and g in datasets
+                and datasets[g].size == n
                 and datasets[g].dtype.kind in "uib"
             ),
             None,
@@ -394,8 +433,9 @@ def builtin(name: str) -> Source:
         raise SourceError(f"unknown built-in sample {name!r}; choose from {BUILTINS}")
     images, target = _digits()
     records = [
-        Record(array_key(images[i]), f"builtin:digits[{i}]", str(int(target[i])), None,
-               ("digits", i))
+        Record(
+            array_key(images[i]), f"builtin:digits[{i}]", str(int(target[i])), None, ("digits", i)
+        )
         for i in range(len(images))
     ]
     return Source("builtin:digits", "builtin", records)
@@ -431,12 +471,17 @@ def open_source(
         elif path.suffix.lower() in (".h5", ".hdf5"):
             src = from_hdf5([path], images_key=images_key, labels_key=labels_key)
         elif path.suffix.lower() in IMAGE_EXTENSIONS:
-            src = Source(str(path), "files", _file_records([(path, None, None)], skipped := []),
-                         skipped)
+            src = Source(
+                str(path), "files", _file_records([(str(path), None, None)], skipped := []), skipped
+            )
         else:
             raise SourceError(f"{path}: not a folder, .csv, .h5 or image file")
     if not src.records:
-        detail = f"; {len(src.skipped)} file(s) skipped, e.g. {src.skipped[0].path}: " \
-                 f"{src.skipped[0].reason}" if src.skipped else ""
+        detail = (
+            f"; {len(src.skipped)} file(s) skipped, e.g. {src.skipped[0].path}: "
+            f"{src.skipped[0].reason}"
+            if src.skipped
+            else ""
+        )
         raise SourceError(f"{src.name}: no images found{detail}")
     return src

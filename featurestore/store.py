@@ -10,10 +10,10 @@ Layout under the cache root, for one extractor fingerprint::
 Crash safety rests on one rule: **no HDF5 file is ever modified in place**. A batch is written to
 a temporary name inside ``.parts/``, fsynced and renamed into place, so a part file is either
 complete or absent. Compaction (under an exclusive lock) copies the consolidated file plus the
-parts, dropping duplicate keys, into a temporary file, renames it over the consolidated file and
-only then deletes the merged parts. A SIGKILL at any instant therefore leaves the old good state
-or the new good state; readers merge the consolidated file with any parts, first occurrence of a
-key wins, so a part whose rows were already merged is harmless.
+parts, dropping duplicate keys, block by block into a temporary file, renames it over the
+consolidated file and only then deletes the merged parts. A SIGKILL at any instant therefore
+leaves the old good state or the new good state; readers merge the consolidated file with any
+parts, first occurrence of a key wins, so a part whose rows were already merged is harmless.
 
 Every dataset is chunked with the fletcher32 checksum filter and files use the v110 format
 (checksummed superblock, object headers and chunk index); string attributes are fixed-length so
@@ -43,7 +43,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,6 +74,10 @@ _HOST = re.sub(r"[^A-Za-z0-9_.]", "_", socket.gethostname()) or "host"
 _PART_TMP = re.compile(r"^\.tmp-(?P<host>[A-Za-z0-9_.]*)-(?P<pid>\d+)-[0-9a-f]+\.h5$")
 _STALE_TMP_SECONDS = 24 * 3600  # temp files of other hosts (shared cache): age limit
 _RETRIES = 5
+# Reads that are not one straight run of stored rows, and compaction's copies, go block by block
+# (about this many bytes): memory stays bounded whatever the number of rows.
+_BLOCK_BYTES = 4 * 1024 * 1024
+_HASH_MULTIPLIER = np.uint64(0x9E3779B97F4A7C15)
 
 
 class StoreError(RuntimeError):
@@ -141,12 +145,12 @@ class _Sink:
 
     HDF5 cannot recover from a failed write: on a full disk its close fails and freeing the
     objects afterwards crashes the process (segfault). So the first OSError is kept, later writes
-    are dropped, HDF5 finishes normally, and :func:`_write_rows` raises the kept error (the
+    are dropped, HDF5 finishes normally, and :func:`_write_file` raises the kept error (the
     caller deletes the half-written temp file).
     """
 
     def __init__(self, path: Path) -> None:
-        self.file = open(path, "w+b", buffering=0)  # closed by _write_rows
+        self.file = open(path, "w+b", buffering=0)  # closed by _write_file
         self.error: OSError | None = None
 
     def write(self, data: Any) -> int:
@@ -182,22 +186,19 @@ class _Sink:
         return self.file.tell()
 
     def flush(self) -> None:
-        pass  # unbuffered; durability comes from the fsync in _write_rows
+        pass  # unbuffered; durability comes from the fsync in _write_file
 
 
-def _write_rows(
+def _write_file(
     path: Path,
-    keys: np.ndarray,
-    rows: np.ndarray,
+    n: int,
+    dim: int,
     attrs: dict[str, Any],
-    *,
-    source: h5py.File | None = None,
+    fill: Callable[[h5py.Dataset, h5py.Dataset], None],
 ) -> None:
-    """Write ``source``'s rows (if any) followed by ``keys``/``rows`` to a new file at ``path``,
-    fsynced. Raises OSError (e.g. ENOSPC) if any byte could not be written."""
-    n_old = 0 if source is None else int(source["keys"].shape[0])
-    n = n_old + len(keys)
-    dim = int(rows.shape[1])
+    """Write a new file at ``path`` with ``n`` rows of width ``dim``, fsynced: ``fill(features,
+    keys)`` writes the rows into the two new datasets. Raises OSError (e.g. ENOSPC) if any byte
+    could not be written."""
     chunk = min(_chunk_rows(dim), max(1, n))
     sink = _Sink(path)
     try:
@@ -218,14 +219,7 @@ def _write_rows(
                 chunks=(max(1, min(n, 4096)),),
                 fletcher32=True,
             )
-            if source is not None:
-                step = max(chunk, 8192)
-                for start in range(0, n_old, step):
-                    stop = min(n_old, start + step)
-                    feats[start:stop] = source["features"][start:stop]
-                    kds[start:stop] = source["keys"][start:stop]
-            feats[n_old:] = rows
-            kds[n_old:] = keys
+            fill(feats, kds)
             for name, value in attrs.items():
                 f.attrs[name] = _fixed_text(value) if isinstance(value, str) else value
             f.attrs["n_rows"] = n
@@ -240,6 +234,84 @@ def _write_rows(
         sink.file.close()
     if sink.error is not None:
         raise sink.error
+
+
+def _write_rows(path: Path, keys: np.ndarray, rows: np.ndarray, attrs: dict[str, Any]) -> None:
+    """Write ``keys``/``rows`` to a new file at ``path`` (see :func:`_write_file`)."""
+
+    def fill(feats: h5py.Dataset, kds: h5py.Dataset) -> None:
+        feats[0:] = rows
+        kds[0:] = keys
+
+    _write_file(path, len(keys), int(rows.shape[1]), attrs, fill)
+
+
+def _block_rows(dim: int, chunk: int) -> int:
+    """Rows per block of a piecewise read or copy: about _BLOCK_BYTES, whole ``chunk``s."""
+    return max(1, _BLOCK_BYTES // (4 * max(1, dim) * chunk)) * chunk
+
+
+def _is_run(idx: np.ndarray) -> bool:
+    """Whether ``idx`` (non-empty) counts up by one: a run of consecutive integers."""
+    return int(idx[-1]) - int(idx[0]) == len(idx) - 1 and bool(np.all(np.diff(idx) == 1))
+
+
+def _key_hashes(keys: np.ndarray) -> np.ndarray | None:
+    """A 64-bit hash of each fixed-width key; None if the width is not a multiple of 8 bytes."""
+    width = keys.dtype.itemsize
+    if keys.dtype.kind != "S" or not width or width % 8:
+        return None
+    words = np.ascontiguousarray(keys).view(np.uint64).reshape(len(keys), width // 8)
+    h = np.zeros(len(keys), dtype=np.uint64)
+    for col in range(words.shape[1]):
+        h ^= words[:, col]
+        h *= _HASH_MULTIPLIER
+    h ^= h >> np.uint64(29)
+    return h
+
+
+def _first_match(have: np.ndarray, want: np.ndarray) -> np.ndarray:
+    """Index of the first occurrence in ``have`` of each key of ``want``; -1 where absent.
+
+    Vectorised: sorts ``have`` (stably, so equal keys keep their order and the first one is
+    found) and binary-searches ``want`` in it. It sorts 64-bit hashes of the keys, which is much
+    faster than sorting the keys, and falls back to the keys when two different keys share a
+    hash (every match is checked against the keys themselves).
+    """
+    found = np.full(len(want), -1, dtype=np.intp)
+    if not len(have) or not len(want):
+        return found
+    tries: list[tuple[np.ndarray, np.ndarray]] = []
+    if have.dtype == want.dtype:
+        h_have = _key_hashes(have)
+        if h_have is not None and len(have) == len(want) and np.array_equal(have, want):
+            distinct = np.sort(h_have)  # the keys asked for are the stored ones, in order
+            if not np.any(distinct[1:] == distinct[:-1]):
+                return np.arange(len(want))
+        h_want = _key_hashes(want)
+        if h_have is not None and h_want is not None:
+            tries.append((h_have, h_want))
+    for h_have, h_want in [*tries, (have, want)]:
+        order = np.argsort(h_have, kind="stable")
+        ordered = h_have[order]
+        pos = np.minimum(np.searchsorted(ordered, h_want), len(ordered) - 1)
+        hit = ordered[pos] == h_want
+        index = order[pos[hit]]
+        if np.array_equal(have[index], want[hit]):  # False only on a hash collision
+            found[hit] = index
+            return found
+    raise AssertionError("unreachable: the keys themselves never collide")
+
+
+def _new_rows(old: np.ndarray, parts: list[np.ndarray]) -> list[np.ndarray]:
+    """For each journal part's keys, a mask of the rows compaction adds: keys that are neither in
+    ``old`` (the consolidated file) nor earlier in the journal. The first occurrence of a key
+    wins, also among duplicates inside one part."""
+    every = np.concatenate(parts) if parts else np.empty(0, dtype=KEY_DTYPE)
+    keep = _first_match(every, every) == np.arange(len(every))
+    if len(old):
+        keep &= _first_match(old, every) < 0
+    return np.split(keep, np.cumsum([len(k) for k in parts])[:-1])
 
 
 def _fixed_text(text: str) -> np.ndarray:
@@ -265,10 +337,10 @@ def _attr_text(f: h5py.File, name: str, default: str | None = None) -> str:
 
 
 def _as_key_array(keys: Sequence[str] | np.ndarray) -> np.ndarray:
-    arr = np.asarray(keys)
-    if arr.dtype.kind == "U":
-        arr = np.char.encode(arr, "ascii")
-    return arr.astype(KEY_DTYPE)
+    """Keys as fixed-width ASCII bytes (UnicodeEncodeError for any other character)."""
+    if isinstance(keys, np.ndarray):
+        return keys.astype(KEY_DTYPE)
+    return np.array(keys, dtype=KEY_DTYPE)  # encodes str as ASCII, 15x faster than np.char
 
 
 @dataclass
@@ -553,49 +625,53 @@ class FeatureStore:
                 return 0
             main = self._open(self.path) if self.path.exists() else None
             try:
-                seen: set[bytes] = set()
                 provenance: dict[str, Any] = {}
+                main_keys = np.empty(0, dtype=KEY_DTYPE)
+                dim: int | None = None
                 if main is not None:
-                    seen.update(self._read_keys(main, self.path).tolist())
+                    main_keys = self._read_keys(main, self.path)
                     provenance = _json_attr(main, "provenance", self.path)
-                new_keys: list[np.ndarray] = []
-                new_rows: list[np.ndarray] = []
+                    dim = int(main["features"].shape[1])
                 runs = list(provenance.get("runs", []))
-                part_rows = 0
+                part_keys: list[np.ndarray] = []  # only the keys: rows are read when copied
                 for part in parts:
                     with self._open(part) as pf:
-                        pkeys = self._read_keys(pf, part)
-                        part_rows += len(pkeys)
+                        part_keys.append(self._read_keys(pf, part))
+                        width = int(pf["features"].shape[1])
+                        dim = width if dim is None else dim
+                        if width != dim:
+                            raise self._corrupt(part, f"width {width} != {dim}")
                         run = _json_attr(pf, "provenance", part)
                         if run and run not in runs:
                             runs.append(run)
-                        keep = np.zeros(len(pkeys), dtype=bool)
-                        for i, k in enumerate(pkeys.tolist()):  # also drops duplicates in a part
-                            if k not in seen:
-                                keep[i] = True
-                                seen.add(k)
-                        if keep.any():
-                            new_keys.append(pkeys[keep])
-                            new_rows.append(self._read_features(pf, part)[keep])
-                main_rows = 0 if main is None else int(main["keys"].shape[0])
+                part_rows = sum(len(k) for k in part_keys)
+                main_rows = len(main_keys)
                 size = self.path.stat().st_size if main is not None else 0
                 lazy = size > _EAGER_COMPACT_BYTES and part_rows * 4 < main_rows
                 if not force and lazy and len(parts) < _MAX_PARTS:
                     return 0
-                added = sum(len(k) for k in new_keys)
+                keep = _new_rows(main_keys, part_keys)
+                added = sum(int(k.sum()) for k in keep)
                 if added:
-                    keys_arr = np.concatenate(new_keys)
-                    rows_arr = np.concatenate(new_rows)
                     provenance = {**provenance, "runs": runs[-100:]}
                     provenance.setdefault("created", time.strftime("%Y-%m-%dT%H:%M:%S%z"))
                     attrs = self._attrs(provenance)
                     tmp = self.path.with_name(f".{self.path.name}.tmp-{uuid.uuid4().hex[:12]}")
+                    plan = list(zip(parts, part_keys, keep, strict=True))
+
+                    def fill(feats: h5py.Dataset, kds: h5py.Dataset) -> None:
+                        self._merge_into(feats, kds, main, plan)
+
                     if main is not None:
                         self._verify_features(main, self.path)
                     try:
-                        _write_rows(tmp, keys_arr, rows_arr, attrs, source=main)
+                        _write_file(tmp, main_rows + added, int(dim or 0), attrs, fill)
                         os.replace(tmp, self.path)
                         _fsync_path(self.path.parent)
+                    except StoreError:  # a damaged journal part (StoreCorruptError)
+                        with contextlib.suppress(OSError):
+                            tmp.unlink()
+                        raise
                     except _H5_ERRORS as exc:  # h5py reports a failed write as any of these
                         with contextlib.suppress(OSError):
                             tmp.unlink()
@@ -612,6 +688,47 @@ class FeatureStore:
                     part.unlink()
             return added
 
+    def _merge_into(
+        self,
+        feats: h5py.Dataset,
+        kds: h5py.Dataset,
+        main: h5py.File | None,
+        parts: list[tuple[Path, np.ndarray, np.ndarray]],
+    ) -> None:
+        """Write compaction's rows into its new datasets: the consolidated file's rows (if any),
+        then the kept rows (``(path, keys, keep mask)``) of each journal part, block by block, so
+        that memory stays at about one block however many rows are merged."""
+        dim = int(feats.shape[1])
+        step = _block_rows(dim, int(feats.chunks[0]))
+        n_old = 0 if main is None else int(main["keys"].shape[0])
+        longest = max([n_old] + [len(k) for _, k, keep in parts if keep.any()])
+        buf = np.empty((min(step, longest), dim), dtype=np.float32)
+        if main is not None:
+            for start in range(0, n_old, step):
+                stop = min(n_old, start + step)
+                main["features"].read_direct(buf, np.s_[start:stop], np.s_[: stop - start])
+                feats[start:stop] = buf[: stop - start]
+                kds[start:stop] = main["keys"][start:stop]
+        done = n_old
+        for part, pkeys, keep in parts:
+            if not keep.any():
+                continue  # every row already merged: its rows are not even read
+            with self._open(part) as pf:
+                for start in range(0, len(pkeys), step):
+                    stop = min(len(pkeys), start + step)
+                    try:  # every block, even one without new rows: checks the whole part
+                        pf["features"].read_direct(buf, np.s_[start:stop], np.s_[: stop - start])
+                    except _H5_ERRORS as exc:
+                        raise self._corrupt(
+                            part, f"feature rows fail their checksum ({exc})"
+                        ) from exc
+                    mask = keep[start:stop]
+                    rows = buf[: stop - start] if mask.all() else buf[: stop - start][mask]
+                    if len(rows):
+                        feats[done : done + len(rows)] = rows
+                        kds[done : done + len(rows)] = pkeys[start:stop][mask]
+                        done += len(rows)
+
     def _verify_features(self, f: h5py.File, where: Path) -> None:
         try:
             bad = _unreadable_chunks(f["features"])
@@ -626,12 +743,6 @@ class FeatureStore:
 
     def _corrupt(self, where: Path, what: str) -> StoreCorruptError:
         return StoreCorruptError(f"{where}: {what}. {rebuild_hint(self.path, where)}", file=where)
-
-    def _read_features(self, f: h5py.File, where: Path) -> np.ndarray:
-        try:
-            return f["features"][...]
-        except _H5_ERRORS as exc:
-            raise self._corrupt(where, f"feature rows fail their checksum ({exc})") from exc
 
     # ------------------------------------------------------------------ reading
     def check(self) -> None:
@@ -682,63 +793,119 @@ class FeatureStore:
 
     def _read_locked(self, want: np.ndarray) -> np.ndarray:
         out: np.ndarray | None = None
-        found = np.zeros(len(want), dtype=bool)
-        position: dict[bytes, list[int]] = {}
-        for i, k in enumerate(want.tolist()):
-            position.setdefault(k, []).append(i)
+        pending = np.arange(len(want))  # positions in ``want`` not found in an earlier file
         dim: int | None = None
         with self._locked(exclusive=False):
             for path in self._sources():
-                if found.all() and dim is not None:
+                if not len(pending) and dim is not None:
                     break
                 with self._open(path) as f:
                     ds = f["features"]
                     dim = int(ds.shape[1]) if dim is None else dim
                     if ds.shape[1] != dim:
                         raise StoreCorruptError(f"{path}: width {ds.shape[1]} != {dim}", file=path)
-                    fkeys = self._read_keys(f, path).tolist()
-                    src_idx, dst_idx = [], []
-                    for j, k in enumerate(fkeys):
-                        slots = position.get(k)
-                        if slots and not found[slots[0]]:
-                            for s in slots:
-                                src_idx.append(j)
-                                dst_idx.append(s)
-                                found[s] = True
-                    if not src_idx:
+                    src = _first_match(self._read_keys(f, path), want[pending])
+                    hit = src >= 0
+                    if not hit.any():
                         continue
                     if out is None:
                         out = np.empty((len(want), dim), dtype=np.float32)
-                    out[np.asarray(dst_idx)] = self._take(ds, np.asarray(src_idx), path)
-        if not found.all():
-            missing = int((~found).sum())
-            raise KeyError(f"{missing} of {len(want)} keys are not in {self.path.name}")
+                    self._read_rows(ds, src[hit], pending[hit], out, path)
+                    pending = pending[~hit]
+        if len(pending):
+            raise KeyError(f"{len(pending)} of {len(want)} keys are not in {self.path.name}")
         if out is None:
             return np.empty((0, dim or 0), dtype=np.float32)
         return out
 
-    def _take(self, ds: h5py.Dataset, idx: np.ndarray, where: Path) -> np.ndarray:
+    def _read_rows(
+        self, ds: h5py.Dataset, src: np.ndarray, dst: np.ndarray, out: np.ndarray, where: Path
+    ) -> None:
+        """``out[dst[i]] = ds[src[i]]`` for every i (``src`` may repeat a row).
+
+        Where a run of stored rows lands on a run of ``out`` rows (a whole file read in stored
+        order, the common case) HDF5 reads straight into ``out``; otherwise the needed chunks are
+        read in blocks of about _BLOCK_BYTES, each scattered into ``out`` with one copy.
+        """
+        if not len(src):
+            return
+        if np.any(src[1:] < src[:-1]):
+            order = np.argsort(src, kind="stable")
+            src, dst = src[order], dst[order]
         try:
-            if len(idx) * 4 >= ds.shape[0]:
-                return ds[...][idx]  # one sequential read beats scattered ones
-            order = np.argsort(idx, kind="stable")
-            uniq, inverse = np.unique(idx[order], return_inverse=True)
-            block = ds[uniq]
-            result = np.empty((len(idx), ds.shape[1]), dtype=np.float32)
-            result[order] = block[inverse]
-            return result
+            if _is_run(src) and _is_run(dst):
+                ds.read_direct(out, np.s_[src[0] : src[-1] + 1], np.s_[dst[0] : dst[-1] + 1])
+                return
+            chunk = int(ds.chunks[0]) if ds.chunks else 1
+            per_block = _block_rows(int(ds.shape[1]), chunk) // chunk
+            buf: np.ndarray | None = None
+            needed = np.unique(src // chunk)  # the chunks holding wanted rows, in file order
+            for run in np.split(needed, np.flatnonzero(np.diff(needed) != 1) + 1):
+                last = int(run[-1]) + 1
+                for first in range(int(run[0]), last, per_block):
+                    lo = first * chunk
+                    hi = min(min(first + per_block, last) * chunk, int(ds.shape[0]))
+                    a, b = np.searchsorted(src, (lo, hi))
+                    rows, to = src[a:b], dst[a:b]
+                    if _is_run(rows) and _is_run(to):
+                        ds.read_direct(
+                            out, np.s_[rows[0] : rows[-1] + 1], np.s_[to[0] : to[-1] + 1]
+                        )
+                        continue
+                    if buf is None:
+                        rows_max = min(per_block * chunk, int(ds.shape[0]))
+                        buf = np.empty((rows_max, out.shape[1]), dtype=np.float32)
+                    ds.read_direct(buf, np.s_[lo:hi], np.s_[: hi - lo])
+                    if len(rows) == hi - lo and _is_run(rows):
+                        out[to] = buf[: hi - lo]  # every row of the block: no gather
+                    else:
+                        out[to] = buf[rows - lo]
         except _H5_ERRORS as exc:
             raise self._corrupt(where, f"feature rows fail their checksum ({exc})") from exc
 
     def read_all(self) -> tuple[list[str], np.ndarray]:
-        """Every (key, row) pair, sorted by key, duplicates dropped."""
+        """Every (key, row) pair, sorted by key, duplicates dropped (the first occurrence wins:
+        the consolidated file's row, else the earliest journal part's)."""
 
         def run() -> tuple[list[str], np.ndarray]:
             with self._locked(exclusive=False):  # one consistent snapshot for keys and rows
-                keys = sorted(self.keys())
-                return keys, self.read(keys)
+                return self._read_all_locked()
 
         return self._retrying(run)
+
+    def _read_all_locked(self) -> tuple[list[str], np.ndarray]:
+        files: list[tuple[Path, np.ndarray]] = []
+        dim: int | None = None
+        for path in self._sources():
+            with self._open(path) as f:
+                files.append((path, self._read_keys(f, path)))
+                width = int(f["features"].shape[1])
+                dim = width if dim is None else dim
+                if width != dim:
+                    raise StoreCorruptError(f"{path}: width {width} != {dim}", file=path)
+        if not files:
+            return [], np.empty((0, 0), dtype=np.float32)
+        every = np.concatenate([k for _, k in files])
+        if len(files) == 1 and np.all(every[1:] > every[:-1]):  # sorted, no duplicates
+            keys, origin = every, np.arange(len(every))
+        else:  # sort; of equal keys (kept in file order by the stable sort) the first wins
+            order = np.argsort(every, kind="stable")
+            ordered = every[order]
+            first = np.ones(len(ordered), dtype=bool)
+            first[1:] = ordered[1:] != ordered[:-1]
+            keys, origin = ordered[first], order[first]
+        out = np.empty((len(keys), dim or 0), dtype=np.float32)
+        start = 0
+        for path, fkeys in files:
+            stop = start + len(fkeys)
+            dst = np.flatnonzero((origin >= start) & (origin < stop))
+            if len(dst):
+                with self._open(path) as f:
+                    if not np.array_equal(self._read_keys(f, path), fkeys):
+                        raise _VanishedError(f"{path} was replaced while reading; run again")
+                    self._read_rows(f["features"], origin[dst] - start, dst, out, path)
+            start = stop
+        return [k.decode() for k in keys.tolist()], out
 
     def feature_dim(self) -> int | None:
         def run() -> int | None:

@@ -115,5 +115,5 @@ def fork_ctx() -> Any:
     import multiprocessing
 
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["featurestore.extract", "torchvision.models"])
+    ctx.set_forkserver_preload(["featurestore.pipeline", "torchvision.models"])
     return ctx

@@ -23,7 +23,7 @@ from PIL import Image
 from featurestore.cli import main as cli
 from featurestore.datasets import SourceError, open_source
 from featurestore.decode import DecodeError, decode_bytes, decode_file
-from featurestore.extract import ExtractError, extract
+from featurestore.extraction import ExtractError, extract
 from featurestore.keys import file_key
 from featurestore.store import FeatureStore
 

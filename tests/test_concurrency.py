@@ -32,7 +32,7 @@ def _extract_child(source: str, cache: str, start_at: float) -> None:
     import torch
 
     torch.set_num_threads(1)
-    from featurestore.extract import extract
+    from featurestore.extraction import extract
 
     time.sleep(max(0.0, start_at - time.time()))  # all children start together
     extract(source, cache_dir=cache, batch_size=BATCH, workers=0, device="cpu", **TINY)

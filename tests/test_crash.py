@@ -46,7 +46,7 @@ def _extract_child(source: str, cache: str, kill_at: tuple[str, int] | None = No
     torch.set_num_threads(1)
     if kill_at is not None:
         _install_kill(*kill_at)
-    from featurestore.extract import extract
+    from featurestore.extraction import extract
 
     extract(source, cache_dir=cache, batch_size=BATCH, workers=0, device="cpu", **TINY)
 

@@ -24,7 +24,7 @@ import pytest
 from click.testing import CliRunner
 
 from featurestore.cli import main as cli
-from featurestore.extract import extract
+from featurestore.extraction import extract
 from featurestore.store import FeatureStore, StoreCorruptError, StoreError, verify
 
 BATCH = 4

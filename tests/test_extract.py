@@ -15,7 +15,7 @@ from PIL import Image
 
 from featurestore.api import load_features
 from featurestore.datasets import open_source
-from featurestore.extract import extract
+from featurestore.extraction import extract
 from featurestore.store import FeatureStore, verify
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
@@ -188,3 +188,18 @@ def test_cli_extract_json_ls_info_verify(tmp_path: Path) -> None:
     assert (
         human.returncode == 0 and "extracted  0" in human.stdout and "reused     4" in human.stdout
     )
+
+
+def test_package_exports_the_functions_whatever_was_imported_first() -> None:
+    """`from featurestore import extract` is the function, not a module of the same name."""
+    import subprocess
+    import sys
+
+    code = (
+        "import featurestore.api, featurestore.extraction\n"
+        "from featurestore import extract, load_features, open_source\n"
+        "assert callable(extract) and extract.__module__ == 'featurestore.extraction', extract\n"
+        "assert callable(load_features) and callable(open_source)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr

@@ -9,8 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-from featurestore.extract import cpu_plan, extract
+from featurestore.extraction import extract
 from featurestore.extractor import resolve
+from featurestore.pipeline import cpu_plan
 from featurestore.store import FeatureStore
 
 
@@ -103,7 +104,7 @@ def test_replica_workers_threads_and_main_process_give_the_same_bits(
 
 
 def test_strict_stops_at_a_bad_image_in_replica_workers(tmp_path: Path) -> None:
-    from featurestore.extract import ExtractError
+    from featurestore.extraction import ExtractError
 
     rng = np.random.default_rng(1)
     for i in range(6):

@@ -196,7 +196,7 @@ def test_keys_and_fingerprints_are_stable_across_processes(tmp_path: Path, cli_e
 def test_batch_size_workers_and_device_do_not_change_keys_or_fingerprint(
     tmp_path: Path, make_images: Any
 ) -> None:
-    from featurestore.extract import extract
+    from featurestore.extraction import extract
     from featurestore.store import FeatureStore
 
     make_images(tmp_path / "src", 6, ("a", "b"))

@@ -9,6 +9,9 @@ come from the malloc heap during a CPU run (:func:`heap_allocations`), not from 
 mappings. Every batch is padded to the full batch size so that a row's numbers never depend on
 which other images shared its batch (a resumed run gives the same bits as an uninterrupted one on
 the same device and precision).
+
+This module imports torch; :func:`featurestore.extraction.extract` imports it only when at least one
+image needs extracting, so a run whose rows are all cached never loads torch.
 """
 
 from __future__ import annotations
@@ -26,8 +29,6 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -36,67 +37,13 @@ from torch.utils.data import DataLoader, Dataset, get_worker_info
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as F
 
-from featurestore.config import cache_root
-from featurestore.datasets import ImageLoader, Record, Skipped, Source, open_source
+from featurestore.datasets import ImageLoader, Record, Skipped
 from featurestore.decode import DecodeError
-from featurestore.extractor import Extractor, Preprocess, resolve
+from featurestore.extraction import ExtractError
+from featurestore.extractor import Extractor, Preprocess
 from featurestore.store import FeatureStore
 
 log = logging.getLogger(__name__)
-
-
-class ExtractError(RuntimeError):
-    """Extraction stopped (``strict`` and a bad file, or an unusable device/precision)."""
-
-
-@dataclass
-class ExtractResult:
-    """What an extraction did; ``to_dict()`` is the CLI's ``--json`` summary."""
-
-    source: str
-    backbone: str
-    fingerprint: str
-    store: Path
-    n_images: int
-    n_unique: int
-    n_extracted: int
-    n_reused: int
-    skipped: list[Skipped]
-    seconds: float
-    feature_dim: int | None
-    device: str
-    precision: str
-    batch_size: int
-    workers: int
-    timings: dict[str, float] = field(default_factory=dict)
-    warnings: list[str] = field(default_factory=list)
-
-    @property
-    def images_per_s(self) -> float:
-        return self.n_extracted / self.seconds if self.seconds > 0 else 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "source": self.source,
-            "backbone": self.backbone,
-            "fingerprint": self.fingerprint,
-            "store": str(self.store),
-            "images": self.n_images,
-            "unique_images": self.n_unique,
-            "extracted": self.n_extracted,
-            "reused": self.n_reused,
-            "skipped": len(self.skipped),
-            "skipped_files": [s.to_dict() for s in self.skipped],
-            "seconds": round(self.seconds, 3),
-            "images_per_s": round(self.images_per_s, 2),
-            "feature_dim": self.feature_dim,
-            "device": self.device,
-            "precision": self.precision,
-            "batch_size": self.batch_size,
-            "workers": self.workers,
-            "timings": {k: round(v, 3) for k, v in self.timings.items()},
-            "warnings": self.warnings,
-        }
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -107,15 +54,6 @@ def resolve_device(device: str = "auto") -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ExtractError("--device cuda, but torch sees no CUDA device; use --device cpu")
     return dev
-
-
-def cpu_supports_bf16() -> bool:
-    """Whether this CPU has native bf16 arithmetic (AVX512-BF16 or AMX)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def _cores() -> int:
@@ -325,8 +263,9 @@ def _fork_available() -> bool:
     return sys.platform == "linux" and "fork" in multiprocessing.get_all_start_methods()
 
 
-def _provenance(extractor: Extractor, device: torch.device, batch_size: int, workers: int,
-                source: str) -> dict[str, Any]:
+def _provenance(
+    extractor: Extractor, device: torch.device, batch_size: int, workers: int, source: str
+) -> dict[str, Any]:
     import torchvision
 
     from featurestore import __version__
@@ -335,7 +274,8 @@ def _provenance(extractor: Extractor, device: torch.device, batch_size: int, wor
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "source": source,
         "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda"
+        "device_name": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
         else platform.processor() or platform.machine(),
         "batch_size": batch_size,
         "workers": workers,
@@ -390,7 +330,7 @@ def run_extraction(
 ) -> tuple[int, list[Skipped]]:
     """Extract ``records`` (all assumed missing) into ``store``. Returns (rows written, skipped).
 
-    With ``replica_workers`` (CPU, ``workers`` >= 1, ``fork``; what :func:`extract` picks with
+    With ``replica_workers`` (CPU, ``workers`` >= 1, ``fork``; what ``extract()`` picks with
     automatic workers, see :func:`cpu_replica_workers`) every DataLoader worker is a replica: it
     decodes its batch and runs its own single-threaded copy of the network on it, so the cores
     work in parallel with no thread waiting on another and no image crossing processes; the main
@@ -637,118 +577,3 @@ def _pipeline(
         workers,
     )
     return written, skipped
-
-
-def extract(
-    source: str | Path | Source,
-    *,
-    backbone: str,
-    nodes: list[str] | None = None,
-    pooling: str | None = None,
-    weights: str | Path = "default",
-    input_size: int | None = None,
-    precision: str = "fp32",
-    decode: str = "draft",
-    batch_size: int = 32,
-    workers: int | None = None,
-    device: str = "auto",
-    cache_dir: str | Path | None = None,
-    strict: bool = False,
-    progress: bool = False,
-    split: str | None = None,
-    images_key: str | None = None,
-    labels_key: str | None = None,
-) -> ExtractResult:
-    """Extract features of every image of ``source`` not yet in the store; return a summary.
-
-    ``source``: an image folder, a CSV manifest, an HDF5 file/folder of arrays,
-    ``builtin:digits`` or an already opened :class:`Source`. Images whose rows are already in the
-    store (same content key, same extractor fingerprint) are reused, never recomputed.
-    """
-    start = time.perf_counter()
-    timings: dict[str, float] = {}
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    dev = resolve_device(device)
-    if precision == "fp16" and dev.type != "cuda":
-        raise ExtractError("--precision fp16 needs a CUDA device; on CPU use bf16 or fp32")
-    warnings: list[str] = []
-    if precision == "bf16" and dev.type == "cpu" and not cpu_supports_bf16():
-        warnings.append("this CPU has no native bf16 (AVX512-BF16/AMX): bf16 may be slower")
-    extractor = resolve(
-        backbone,
-        nodes=nodes,
-        pooling=pooling,
-        weights=weights,
-        input_size=input_size,
-        precision=precision,
-        decode=decode,
-    )
-    t = time.perf_counter()
-    src = source if isinstance(source, Source) else open_source(
-        source, images_key=images_key, labels_key=labels_key
-    )
-    timings["scan"] = time.perf_counter() - t
-    records = src.select(split)
-    skipped = list(src.skipped)
-    warnings += src.warnings
-    if strict and skipped:
-        raise ExtractError(f"{skipped[0].path}: {skipped[0].reason} (--strict)")
-    root = cache_root(cache_dir)
-    store = FeatureStore.for_spec(root, extractor.spec)
-    t = time.perf_counter()
-    store.check()  # refuse to append to a damaged store
-    have = store.keys()
-    unique: dict[str, Record] = {}
-    for r in records:
-        unique.setdefault(r.key, r)
-    todo = [r for k, r in unique.items() if k not in have]
-    timings["lookup"] = time.perf_counter() - t
-    replica_workers = cpu_replica_workers() if workers is None and dev.type == "cpu" else 0
-    n_workers = replica_workers or (default_workers(dev) if workers is None else workers)
-    written = 0
-    finished = False
-    try:
-        if todo:
-            log.info("extracting %d of %d images with %s", len(todo), len(unique), backbone)
-            written, bad = run_extraction(
-                extractor, todo, src.loader, store, device=dev, batch_size=batch_size,
-                workers=min(n_workers, len(todo)), strict=strict, progress=progress,
-                source_name=src.name, timings=timings, replica_workers=replica_workers > 0,
-            )
-            # A bad image is decoded once per content key: list every path holding those bytes.
-            paths_of: dict[str, list[Any]] = {}
-            for r in records:
-                paths_of.setdefault(r.key, []).append(r)
-            key_of = {r.path: r.key for r in todo}
-            skipped += [Skipped(r.path, s.reason) for s in bad
-                        for r in paths_of.get(key_of.get(s.path, ""), [s])]
-        finished = True
-    finally:
-        t = time.perf_counter()
-        try:
-            store.compact()
-        except Exception:
-            if finished:
-                raise
-            log.exception("compaction of %s failed; the journal is kept", store.path)
-        timings["compact"] = time.perf_counter() - t
-    return ExtractResult(
-        source=src.name,
-        backbone=backbone,
-        fingerprint=extractor.fingerprint,
-        store=store.path,
-        n_images=len(records),
-        n_unique=len(unique),
-        n_extracted=written,
-        n_reused=len(unique) - len(todo),
-        skipped=skipped,
-        seconds=time.perf_counter() - start,
-        feature_dim=store.feature_dim(),
-        device=str(dev),
-        precision=precision,
-        batch_size=batch_size,
-        workers=n_workers,
-        timings=timings,
-        warnings=warnings,
-    )
