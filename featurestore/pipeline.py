@@ -29,6 +29,7 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -348,189 +349,177 @@ def run_extraction(
     timings = timings if timings is not None else {}
     for k in ("build", "load_wait", "decode", "forward", "write_wait"):
         timings.setdefault(k, 0.0)
-    kwargs: dict[str, Any] = {
-        "device": device,
-        "batch_size": batch_size,
-        "workers": workers,
-        "strict": strict,
-        "progress": progress,
-        "source_name": source_name,
-        "timings": timings,
-        "model": model,
-    }
+    job = _Job(
+        extractor, records, loader, store, device, batch_size, workers, strict, progress,
+        source_name, timings, model,
+    )  # fmt: skip
     cpu = device.type == "cpu"
     with heap_allocations(cpu):
         if replica_workers and cpu and workers > 0 and _fork_available():
-            return _pipeline_replica_workers(extractor, records, loader, store, **kwargs)
+            return _pipeline_replica_workers(job)
         if cpu:
             plan = cpu_plan()
             replicas, threads = replicas or plan[0], threads or plan[1]
         else:  # two batches in flight: one thread's kernel launches overlap the other's GPU work
             replicas, threads = 2, None
-        return _pipeline(
-            extractor, records, loader, store, replicas=replicas, threads=threads, **kwargs
+        return _pipeline(job, replicas=replicas, threads=threads)
+
+
+@dataclass
+class _Job:
+    """What both extraction loops get: see :func:`run_extraction`."""
+
+    extractor: Extractor
+    records: list[Record]
+    loader: ImageLoader
+    store: FeatureStore
+    device: torch.device
+    batch_size: int
+    workers: int
+    strict: bool
+    progress: bool
+    source_name: str
+    timings: dict[str, float]
+    model: torch.nn.Module | None
+
+    def progress_bar(self) -> Any:
+        from tqdm.auto import tqdm
+
+        return tqdm(
+            total=len(self.records),
+            unit="img",
+            disable=not self.progress,
+            desc=self.extractor.backbone.name,
+            dynamic_ncols=True,
         )
 
+    def skip(self, skipped: list[Skipped], i: int, reason: str) -> None:
+        """Record a bad image; with ``strict`` stop the run (after the caller kept its rows)."""
+        skipped.append(Skipped(self.records[i].path, reason))
+        if self.strict:
+            raise ExtractError(f"{self.records[i].path}: {reason} (--strict)")
 
-def _pipeline_replica_workers(
-    extractor: Extractor,
-    records: list[Record],
-    loader: ImageLoader,
-    store: FeatureStore,
-    *,
-    device: torch.device,
-    batch_size: int,
-    workers: int,
-    strict: bool,
-    progress: bool,
-    source_name: str,
-    timings: dict[str, float],
-    model: torch.nn.Module | None,
-) -> tuple[int, list[Skipped]]:
+
+class _BatchWriter:
+    """Appends finished batches to the store on one background thread, one batch at a time.
+
+    ``write`` waits for the previous append (time counted as ``write_wait``), so at most one
+    batch is waiting in memory; leaving the ``with`` block waits for the last append, also on
+    an error, so every batch handed over is kept.
+    """
+
+    def __init__(self, job: _Job) -> None:
+        self.job = job
+        self.prov = _provenance(
+            job.extractor, job.device, job.batch_size, job.workers, job.source_name
+        )
+        self.written = 0
+        self._pending: Future | None = None
+        self._pool = ThreadPoolExecutor(max_workers=1)
+
+    def __enter__(self) -> _BatchWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._pool.shutdown(wait=True)
+
+    def wait(self) -> None:
+        t = time.perf_counter()
+        if self._pending is not None:
+            self._pending.result()
+        self.job.timings["write_wait"] += time.perf_counter() - t
+
+    def write(self, idx: list[int], rows: np.ndarray) -> None:
+        self.wait()
+        keys = [self.job.records[i].key for i in idx]
+        self._pending = self._pool.submit(self.job.store.append, keys, rows, provenance=self.prov)
+        self.written += len(idx)
+
+
+def _pipeline_replica_workers(job: _Job) -> tuple[int, list[Skipped]]:
     """CPU: ``workers`` processes, each decoding its batches and running its own replica."""
     import multiprocessing
 
-    from tqdm.auto import tqdm
-
-    prov = _provenance(extractor, device, batch_size, workers, source_name)
     t0 = time.perf_counter()
-    if model is None:
-        model = extractor.build(device)
-    timings["build"] += time.perf_counter() - t0
-    dataset = _ImageDataset(records, loader, extractor.preprocess)
+    model = job.model if job.model is not None else job.extractor.build(job.device)
+    job.timings["build"] += time.perf_counter() - t0
+    dataset = _ImageDataset(job.records, job.loader, job.extractor.preprocess)
     dl = DataLoader(
         dataset,
-        batch_size=batch_size,
+        batch_size=job.batch_size,
         shuffle=False,
-        num_workers=workers,
-        collate_fn=_ReplicaCollate(batch_size, dataset, model),
+        num_workers=job.workers,
+        collate_fn=_ReplicaCollate(job.batch_size, dataset, model),
         prefetch_factor=2,
         worker_init_fn=_worker_init,
         multiprocessing_context=multiprocessing.get_context("fork"),  # the model comes along
     )
     skipped: list[Skipped] = []
-    written = 0
-    pending: Future | None = None
-    bar = tqdm(
-        total=len(records),
-        unit="img",
-        disable=not progress,
-        desc=extractor.backbone.name,
-        dynamic_ncols=True,
-    )
-
-    def write(idx: list[int], rows: np.ndarray) -> None:
-        nonlocal pending, written
-        t = time.perf_counter()
-        if pending is not None:
-            pending.result()
-        timings["write_wait"] += time.perf_counter() - t
-        keys = [records[i].key for i in idx]
-        pending = writer.submit(store.append, keys, rows, provenance=prov)
-        written += len(idx)
-
     batches = iter(dl)
     decode_s = forward_s = 0.0
+    bar = job.progress_bar()
     try:
-        with ThreadPoolExecutor(max_workers=1) as writer:
+        with _BatchWriter(job) as writer:
             while True:
                 t = time.perf_counter()
                 item = next(batches, None)
-                timings["load_wait"] += time.perf_counter() - t
+                job.timings["load_wait"] += time.perf_counter() - t
                 if item is None:
                     break
                 idx, rows, errors, t_decode, t_forward = item
                 decode_s += t_decode
                 forward_s += t_forward
                 if rows is not None:
-                    write(idx, rows)  # before a --strict error: keep what was computed
+                    writer.write(idx, rows)  # before a --strict error: keep what was computed
                 for i, reason in errors:
-                    skipped.append(Skipped(records[i].path, reason))
-                    if strict:
-                        raise ExtractError(f"{records[i].path}: {reason} (--strict)")
+                    job.skip(skipped, i, reason)
                 bar.update(len(idx) + len(errors))
-            t = time.perf_counter()
-            if pending is not None:
-                pending.result()
-            timings["write_wait"] += time.perf_counter() - t
+            writer.wait()
     finally:
         bar.close()
         del batches  # shuts the workers down
-    timings["decode"] += decode_s / workers
-    timings["forward"] += forward_s / workers
-    return written, skipped
+    job.timings["decode"] += decode_s / job.workers
+    job.timings["forward"] += forward_s / job.workers
+    return writer.written, skipped
 
 
-def _pipeline(
-    extractor: Extractor,
-    records: list[Record],
-    loader: ImageLoader,
-    store: FeatureStore,
-    *,
-    device: torch.device,
-    batch_size: int,
-    workers: int,
-    strict: bool,
-    progress: bool,
-    source_name: str,
-    timings: dict[str, float],
-    model: torch.nn.Module | None,
-    replicas: int,
-    threads: int | None,
-) -> tuple[int, list[Skipped]]:
-    from tqdm.auto import tqdm
-
-    prov = _provenance(extractor, device, batch_size, workers, source_name)
-    dataset = _ImageDataset(records, loader, extractor.preprocess)
+def _pipeline(job: _Job, *, replicas: int, threads: int | None) -> tuple[int, list[Skipped]]:
+    """Workers (or the main process) decode; the main process runs ``replicas`` forward
+    threads of ``threads`` intra-op threads each."""
+    dataset = _ImageDataset(job.records, job.loader, job.extractor.preprocess)
+    workers = job.workers
     dl = DataLoader(
         dataset,
-        batch_size=batch_size,
+        batch_size=job.batch_size,
         shuffle=False,
         num_workers=workers,
-        collate_fn=_Collate(batch_size),
-        pin_memory=device.type == "cuda",
+        collate_fn=_Collate(job.batch_size),
+        pin_memory=job.device.type == "cuda",
         prefetch_factor=4 if workers > 0 else None,
         worker_init_fn=_worker_init if workers > 0 else None,
     )
     batches = iter(dl)  # workers start decoding now, while the model is being built
     t0 = time.perf_counter()
     try:
-        if model is None:
-            model = extractor.build(device)
+        model = job.model if job.model is not None else job.extractor.build(job.device)
     except BaseException:
         del batches  # stop the workers
         raise
-    timings["build"] += time.perf_counter() - t0
-    runner = _Runner(model, device, threads)
+    job.timings["build"] += time.perf_counter() - t0
+    runner = _Runner(model, job.device, threads)
     skipped: list[Skipped] = []
-    written = 0
     inflight: deque[tuple[Future, list[int]]] = deque()
-    pending: Future | None = None
     saved_threads = torch.get_num_threads()
-    bar = tqdm(
-        total=len(records),
-        unit="img",
-        disable=not progress,
-        desc=extractor.backbone.name,
-        dynamic_ncols=True,
-    )
+    bar = job.progress_bar()
 
     def finish_oldest() -> None:
-        nonlocal pending, written
         fut, idx = inflight.popleft()
-        rows = fut.result()
-        t = time.perf_counter()
-        if pending is not None:
-            pending.result()
-        timings["write_wait"] += time.perf_counter() - t
-        keys = [records[i].key for i in idx]
-        pending = writer.submit(store.append, keys, rows, provenance=prov)
-        written += len(idx)
+        writer.write(idx, fut.result())
 
     t_run = time.perf_counter()
     try:
         with (
-            ThreadPoolExecutor(max_workers=1) as writer,
+            _BatchWriter(job) as writer,
             ThreadPoolExecutor(max_workers=replicas, initializer=runner.init_thread) as pool,
         ):
             try:
@@ -539,14 +528,12 @@ def _pipeline(
                         finish_oldest()
                     t = time.perf_counter()
                     item = next(batches, None)
-                    timings["load_wait"] += time.perf_counter() - t
+                    job.timings["load_wait"] += time.perf_counter() - t
                     if item is None:
                         break
                     idx, batch, errors = item
                     for i, reason in errors:
-                        skipped.append(Skipped(records[i].path, reason))
-                        if strict:
-                            raise ExtractError(f"{records[i].path}: {reason} (--strict)")
+                        job.skip(skipped, i, reason)
                     if batch is not None:
                         inflight.append((pool.submit(runner, batch, len(idx)), idx))
                     bar.update(len(idx) + len(errors))
@@ -560,15 +547,12 @@ def _pipeline(
                 raise
             while inflight:
                 finish_oldest()
-            t = time.perf_counter()
-            if pending is not None:
-                pending.result()
-            timings["write_wait"] += time.perf_counter() - t
+            writer.wait()
     finally:
         bar.close()
         torch.set_num_threads(saved_threads)
         del batches  # shuts the workers down
-    timings["forward"] += runner.busy / replicas
+    job.timings["forward"] += runner.busy / replicas
     log.debug(
         "extraction loop %.2fs with %d replica(s) x %s thread(s), %d worker(s)",
         time.perf_counter() - t_run,
@@ -576,4 +560,4 @@ def _pipeline(
         threads,
         workers,
     )
-    return written, skipped
+    return writer.written, skipped
