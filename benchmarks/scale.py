@@ -16,7 +16,8 @@ Three parts (``--parts``, default all):
   with ``read(keys)`` (stored and shuffled order), ``read_all()`` and plain h5py, against a raw
   sequential read of the same file (16 MiB ``readinto``). Each is timed warm (file in the page
   cache; best of 3) and cold (the file's pages dropped with ``posix_fadvise(POSIX_FADV_DONTNEED)``
-  before each read, the methods taking turns for 3 rounds; the median).
+  before each read; the methods take turns, one round per method, each round starting with the
+  next one; the median).
 
     python benchmarks/scale.py
     python benchmarks/scale.py --parts read --rows 100000 --dim 2048
@@ -185,9 +186,6 @@ def run_cli(folder: Path, cache: Path, args: argparse.Namespace) -> dict[str, An
 
 
 # ---------------------------------------------------------------------------- read speed
-ROUNDS = 3  # cold reads per method
-
-
 def drop_file_cache(path: Path) -> None:
     """Evict ``path``'s pages from the page cache (only this file's)."""
     fd = os.open(path, os.O_RDONLY)
@@ -270,11 +268,12 @@ def read_part(args: argparse.Namespace, tmp: Path) -> list[dict[str, Any]]:
         ("FeatureStore.read(keys), keys shuffled", read_shuffled, nbytes),
         ("FeatureStore.read_all() (sorted by key, all rows)", read_all, nbytes),
     )
-    # Cold: the file's pages dropped before each read; the methods take turns, ROUNDS times,
-    # so a slow spell of the (virtual) disk does not land on one method; the median is kept.
+    # Cold: the file's pages dropped before each read. On a virtual disk the first read of a
+    # round is often slower (the host caches too), so the methods take turns and each round
+    # starts with the next method: every method is first once; the median is kept.
     cold: dict[str, list[float]] = {name: [] for name, _, _ in methods}
-    for _ in range(ROUNDS):
-        for name, fn, _ in methods:
+    for r in range(len(methods)):
+        for name, fn, _ in methods[r:] + methods[:r]:
             drop_file_cache(path)
             cold[name].append(fn())
     rows = []

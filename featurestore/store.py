@@ -246,24 +246,6 @@ def _write_rows(path: Path, keys: np.ndarray, rows: np.ndarray, attrs: dict[str,
     _write_file(path, len(keys), int(rows.shape[1]), attrs, fill)
 
 
-def _prefetch(path: Path) -> None:
-    """Ask the kernel to read ``path`` ahead, asynchronously, before most of it is read: the
-    disk then works while HDF5 checks and copies the chunks it already has. Measured on a
-    100,000 x 2,048 store read cold: median 0.50 s with it, 1.69 s without, 0.34 s for a raw
-    read (``benchmarks/RESULTS.md``). Skipped for files over a quarter of the machine's memory,
-    which would push other pages out."""
-    if not hasattr(os, "posix_fadvise"):
-        return
-    with contextlib.suppress(OSError, ValueError):
-        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            if os.fstat(fd).st_size * 4 <= memory:
-                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
-        finally:
-            os.close(fd)
-
-
 def _block_rows(dim: int, chunk: int) -> int:
     """Rows per block of a piecewise read or copy: about _BLOCK_BYTES, whole ``chunk``s."""
     return max(1, _BLOCK_BYTES // (4 * max(1, dim) * chunk)) * chunk
@@ -847,8 +829,6 @@ class FeatureStore:
         """
         if not len(src):
             return
-        if 2 * len(src) >= ds.shape[0]:
-            _prefetch(where)
         if np.any(src[1:] < src[:-1]):
             order = np.argsort(src, kind="stable")
             src, dst = src[order], dst[order]
