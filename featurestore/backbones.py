@@ -329,8 +329,11 @@ def _build_timm(spec: BackboneSpec, weights: str | Path) -> nn.Module:
 def _build_torchvision(spec: BackboneSpec, weights: str | Path) -> nn.Module:
     from torchvision.models import get_model, get_model_weights
 
+    # A ViT's position embeddings fix its input size, which its default weights set (518 for
+    # vit_h_14's SWAG weights, not the builder's 224): build the same network without them.
+    arch: dict[str, Any] = {"image_size": spec.crop_size} if spec.family == "vit" else {}
     if isinstance(weights, str) and weights.lower() == "none":
-        return get_model(spec.name, weights=None)
+        return get_model(spec.name, weights=None, **arch)
     if isinstance(weights, str) and weights == "default":
         enum = get_model_weights(spec.name)
         w = enum[spec.default_weights.split(".", 1)[1]]
@@ -342,7 +345,7 @@ def _build_torchvision(spec: BackboneSpec, weights: str | Path) -> nn.Module:
         except OSError as exc:  # URLError is an OSError
             raise _missing_weights_error(spec, path, exc) from exc
     sd = _load_state_dict(Path(weights))
-    kwargs: dict[str, Any] = {}
+    kwargs: dict[str, Any] = dict(arch)
     fc = [v for k, v in sd.items() if k.endswith("weight") and v.ndim == 2]
     if fc:
         kwargs["num_classes"] = int(fc[-1].shape[0])

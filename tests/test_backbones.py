@@ -175,3 +175,17 @@ def test_weights_file_that_is_not_a_plain_state_dict_is_refused(tmp_path: Path) 
 def test_fixed_input_models_refuse_other_sizes() -> None:
     with pytest.raises(ValueError, match="224"):
         resolve("vit_b_16", weights="none", input_size=160)
+
+
+def test_vit_without_its_weights_keeps_the_weights_input_size() -> None:
+    """vit_h_14's default (SWAG) weights run at 518 px while its builder defaults to 224: the
+    network built with ``--weights none`` (or a file) must take the table's input size too."""
+    import dataclasses
+
+    from featurestore.backbones import build_model
+
+    spec = dataclasses.replace(get_backbone("vit_b_16"), crop_size=384)  # cheap stand-in
+    model = build_model(spec, "none")
+    assert model.image_size == 384
+    with torch.inference_mode():
+        assert model(torch.zeros(1, 3, 384, 384)).shape == (1, 1000)
