@@ -54,7 +54,7 @@ from _common import (
     self_cpu_s,
 )
 
-from featurestore.datasets import open_source
+from featurestore.datasets import Source, open_source
 from featurestore.extraction import extract
 from featurestore.extractor import resolve
 from featurestore.pipeline import (
@@ -195,12 +195,13 @@ def img2vec_rate(vec: Any, paths: list[Path], batch_size: int) -> float:
 
 # ---------------------------------------------------------------------------- b, e: extract
 def run_extract(
-    folder: Path,
+    folder: Path | Source,
     cache: Path,
     args: argparse.Namespace,
     precision: str,
 ) -> tuple[Any, float, float, float]:
-    """(result, wall seconds, worker CPU seconds, main-process CPU seconds)."""
+    """``extract`` of ``folder`` (a path or an opened Source): (result, wall seconds, worker CPU
+    seconds, main-process CPU seconds)."""
     c0, s0 = children_cpu_s(), self_cpu_s()
     t = time.perf_counter()
     r = extract(
@@ -237,16 +238,7 @@ def precision_cost(args: argparse.Namespace, caches: dict[str, Path]) -> dict[st
     out: dict[str, float] = {}
     stores = {}
     for prec, cache in caches.items():
-        extract(
-            src,
-            backbone=args.backbone,
-            weights=args.weights,
-            precision=prec,
-            batch_size=args.batch_size,
-            workers=args.workers,
-            device=args.device,
-            cache_dir=cache,
-        )  # cache hits for the photos the benchmark set already holds
+        run_extract(src, cache, args, prec)  # cache hits for photos the benchmark set holds
         stores[prec] = FeatureStore.for_spec(
             cache, resolve(args.backbone, weights=args.weights, precision=prec).spec
         )

@@ -118,6 +118,20 @@ def child_extract(args: argparse.Namespace) -> None:
     print("RESULT " + json.dumps(out))
 
 
+def _extractor_args(args: argparse.Namespace) -> list[str]:
+    """The extractor options both the child and the CLI runs take."""
+    return [
+        "--backbone",
+        args.backbone,
+        "--weights",
+        args.weights,
+        "--input-size",
+        str(args.input_size),
+        "--batch-size",
+        str(args.batch_size),
+    ]
+
+
 def run_child(folder: Path, cache: Path, args: argparse.Namespace) -> dict[str, Any]:
     cmd = [
         sys.executable,
@@ -127,14 +141,7 @@ def run_child(folder: Path, cache: Path, args: argparse.Namespace) -> dict[str, 
         str(folder),
         "--cache",
         str(cache),
-        "--backbone",
-        args.backbone,
-        "--weights",
-        args.weights,
-        "--input-size",
-        str(args.input_size),
-        "--batch-size",
-        str(args.batch_size),
+        *_extractor_args(args),
     ]
     t = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
@@ -156,14 +163,7 @@ def run_cli(folder: Path, cache: Path, args: argparse.Namespace) -> dict[str, An
         "featurestore.cli",
         "extract",
         str(folder),
-        "--backbone",
-        args.backbone,
-        "--weights",
-        args.weights,
-        "--input-size",
-        str(args.input_size),
-        "--batch-size",
-        str(args.batch_size),
+        *_extractor_args(args),
         "--cache-dir",
         str(cache),
         "--json",

@@ -294,50 +294,19 @@ def test_strict_stops_at_the_first_bad_file_and_keeps_finished_batches(
         )
     (store,) = (tmp_path / "c").glob("*.h5")
     assert len(FeatureStore(store).keys()) == 4  # the two batches before it are kept
-    r = CliRunner().invoke(
-        cli,
-        [
-            "extract",
-            str(src),
-            *tiny_cli_args,
-            "--workers",
-            "0",
-            "--strict",
-            "--cache-dir",
-            str(tmp_path / "c"),
-        ],
-    )
+
+    def cli_extract(*flags: str, cache: str) -> Any:
+        args = ["extract", str(src), *tiny_cli_args, "--workers", "0", *flags]
+        return CliRunner().invoke(cli, [*args, "--cache-dir", str(tmp_path / cache)])
+
+    r = cli_extract("--strict", cache="c")
     assert r.exit_code == 1 and "img_1_0003x.png" in r.output
     # A file rejected while listing (here by its extension) stops a strict run before any work.
     (src / "a" / "notes.txt").write_text("x")
-    r = CliRunner().invoke(
-        cli,
-        [
-            "extract",
-            str(src),
-            *tiny_cli_args,
-            "--workers",
-            "0",
-            "--strict",
-            "--cache-dir",
-            str(tmp_path / "c2"),
-        ],
-    )
+    r = cli_extract("--strict", cache="c2")
     assert r.exit_code == 1 and "notes.txt" in r.output and not (tmp_path / "c2").exists()
     # Without --strict the same source finishes, with exit code 3.
-    r = CliRunner().invoke(
-        cli,
-        [
-            "extract",
-            str(src),
-            *tiny_cli_args,
-            "--workers",
-            "0",
-            "--json",
-            "--cache-dir",
-            str(tmp_path / "c"),
-        ],
-    )
+    r = cli_extract("--json", cache="c")
     assert r.exit_code == 3
     assert json.loads(r.stdout)["skipped"] == 2
 

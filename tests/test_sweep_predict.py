@@ -37,6 +37,19 @@ def run(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([*CLI, *args], capture_output=True, text=True)
 
 
+def sweep_rows(src: Path, out: Path, cache: str, *args: str, cv: int = 3) -> list[dict]:
+    """`featurestore sweep` (tiny backbones) into ``out``; the leaderboard's rows."""
+    common = ["--cv", str(cv), "--out", str(out), "--cache-dir", cache, *TINY]
+    r = run("sweep", str(src), *args, *common)
+    assert r.returncode == 0, r.stderr
+    return json.loads((out / "leaderboard.json").read_text())["rows"]
+
+
+def accuracy(preds: list[dict[str, str]]) -> float:
+    """Share of predict's CSV rows whose predicted label is the true one."""
+    return sum(row["predicted"] == row["label"] for row in preds) / len(preds)
+
+
 def predict_val(src: Path, head: Path, cache: str) -> list[dict[str, str]]:
     """`featurestore predict` on the val split; the CSV's rows."""
     out = head.parent / "pred.csv"
@@ -61,9 +74,10 @@ def test_sweep_combo_every_head_then_predict_reproduces_accuracy(tmp_path: Path)
     src = make_split_folder(tmp_path / "imgs")
     out = tmp_path / "report"
     cache = str(tmp_path / "cache")
-    r = run(
-        "sweep",
-        str(src),
+    rows = sweep_rows(
+        src,
+        out,
+        cache,
         "-b",
         "resnet18",
         "-b",
@@ -71,17 +85,7 @@ def test_sweep_combo_every_head_then_predict_reproduces_accuracy(tmp_path: Path)
         "--combo",
         "resnet18+mobilenet_v3_small",
         "--no-grid",
-        "--cv",
-        "3",
-        "--out",
-        str(out),
-        "--cache-dir",
-        cache,
-        *TINY,
     )
-    assert r.returncode == 0, r.stderr
-    board = json.loads((out / "leaderboard.json").read_text())
-    rows = board["rows"]
     from classifiers.heads import HEADS
 
     combo = {row["head"] for row in rows if row["feature_set"] == "resnet18+mobilenet_v3_small"}
@@ -107,8 +111,7 @@ def test_sweep_combo_every_head_then_predict_reproduces_accuracy(tmp_path: Path)
         assert (out / name).stat().st_size > 0
     best = rows[0]
     preds = predict_val(src, out / "best_head.joblib", cache)
-    acc = sum(row["predicted"] == row["label"] for row in preds) / len(preds)
-    assert len(preds) == 12 and acc == pytest.approx(best["accuracy"], abs=0)
+    assert len(preds) == 12 and accuracy(preds) == pytest.approx(best["accuracy"], abs=0)
     assert all(0.0 <= float(row["probability"]) <= 1.0 for row in preds)
 
 
@@ -116,28 +119,10 @@ def test_saved_svm_head_predicts_with_calibrated_probabilities(tmp_path: Path) -
     """An SVM has no predict_proba: the saved head calibrates its scores; labels stay its own."""
     src = make_split_folder(tmp_path / "imgs")
     out, cache = tmp_path / "report", str(tmp_path / "cache")
-    r = run(
-        "sweep",
-        str(src),
-        "-b",
-        "resnet18",
-        "--heads",
-        "linear_svm",
-        "--no-pixels",
-        "--cv",
-        "3",
-        "--out",
-        str(out),
-        "--cache-dir",
-        cache,
-        *TINY,
-    )
-    assert r.returncode == 0, r.stderr
-    (row,) = json.loads((out / "leaderboard.json").read_text())["rows"]
+    (row,) = sweep_rows(src, out, cache, "-b", "resnet18", "--heads", "linear_svm", "--no-pixels")
     assert row["head"] == "linear_svm"
     preds = predict_val(src, out / "best_head.joblib", cache)
-    acc = sum(p["predicted"] == p["label"] for p in preds) / len(preds)
-    assert acc == pytest.approx(row["accuracy"], abs=0)
+    assert accuracy(preds) == pytest.approx(row["accuracy"], abs=0)
     probs = [float(p["probability"]) for p in preds]  # empty before: ValueError here
     assert all(0.0 < q < 1.0 for q in probs)
 
@@ -146,24 +131,9 @@ def test_predict_refuses_tampered_head_and_foreign_extractor(tmp_path: Path) -> 
     src = make_split_folder(tmp_path / "imgs", n_train=6, n_val=2)
     out = tmp_path / "report"
     cache = str(tmp_path / "cache")
-    r = run(
-        "sweep",
-        str(src),
-        "-b",
-        "resnet18",
-        "--heads",
-        "logreg",
-        "--no-pixels",
-        "--no-grid",
-        "--cv",
-        "2",
-        "--out",
-        str(out),
-        "--cache-dir",
-        cache,
-        *TINY,
+    sweep_rows(
+        src, out, cache, "-b", "resnet18", "--heads", "logreg", "--no-pixels", "--no-grid", cv=2
     )
-    assert r.returncode == 0, r.stderr
     head = out / "best_head.joblib"
     side = out / "best_head.joblib.json"
     meta = json.loads(side.read_text())
