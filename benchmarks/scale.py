@@ -13,11 +13,13 @@ Three parts (``--parts``, default all):
   ``torch`` says whether the ``extract()`` child imported torch (a cache hit should not).
 * ``read``: a store of 100,000 x 2,048 random float32 rows (819 MB) under sha256 keys (as real
   keys: not in sorted order) built through ``FeatureStore.append`` and ``compact``, read back
-  with ``read(keys)`` (stored and shuffled order), ``read_all()`` and plain h5py, against a raw
-  sequential read of the same file (16 MiB ``readinto``). Each is timed warm (file in the page
-  cache; best of 3) and cold (the file's pages dropped with ``posix_fadvise(POSIX_FADV_DONTNEED)``
-  before each read; the methods take turns, one round per method, each round starting with the
-  next one; the median).
+  with ``read(keys)`` (stored and shuffled order), ``read_all()`` and plain h5py (no check),
+  against a raw sequential read of the same file (16 MiB ``readinto``) and, side by side, the
+  same rows in a store of the previous format (2: HDF5's fletcher32 filter checks the feature
+  chunks on the reading thread, where format 3 checks CRC32s on a second thread). Each is
+  timed warm (file in the page cache; best of 3) and cold (the file's pages dropped with
+  ``posix_fadvise(POSIX_FADV_DONTNEED)`` before each read; the methods take turns, one round
+  per method, each round starting with the next one; the median).
 
     python benchmarks/scale.py
     python benchmarks/scale.py --parts read --rows 100000 --dim 2048
@@ -196,6 +198,18 @@ def drop_file_cache(path: Path) -> None:
         os.close(fd)
 
 
+def prime_memory(nbytes: int) -> None:
+    """Touch and free twice ``nbytes`` of memory just before a timed cold read.
+
+    On this VM, memory the guest frees is handed back to the host after a while (free page
+    reporting), and touching it again costs host page faults. A cold read needs about twice its
+    size in fresh pages (its output array and the page cache it reads through); without this
+    every few reads took 1.3-1.9 s instead of 0.4-0.5 s with the disk busy for the same ~0.33 s
+    (``/sys/block/vda/stat``), whichever file format was read; the raw read, which needs only
+    the page cache just freed, was never slow."""
+    np.ones(2 * nbytes // 4 + (16 << 20), dtype=np.float32)
+
+
 def raw_read(path: Path) -> float:
     buf = bytearray(16 << 20)
     view = memoryview(buf)
@@ -221,11 +235,36 @@ def build_store(root: Path, rows: int, dim: int, part_rows: int) -> tuple[Any, l
     return store, keys
 
 
+def format2_copy(store: Any, root: Path) -> Any:
+    """The same rows, keys and attributes in a store file of format 2 (fletcher32 on the feature
+    chunks, no CRC32s), which featurestore still reads."""
+    import h5py
+
+    from featurestore.store import FeatureStore
+
+    old = FeatureStore(root / store.path.name)
+    root.mkdir(parents=True, exist_ok=True)
+    with h5py.File(store.path, "r") as src, h5py.File(old.path, "w", libver="v110") as dst:
+        feats = src["features"]
+        out = dst.create_dataset(
+            "features", shape=feats.shape, dtype="float32", chunks=feats.chunks, fletcher32=True
+        )
+        for lo in range(0, feats.shape[0], 4096):
+            out[lo : lo + 4096] = feats[lo : lo + 4096]
+        keys = src["keys"]
+        dst.create_dataset("keys", data=keys[...], chunks=keys.chunks, fletcher32=True)
+        for name, value in src.attrs.items():
+            dst.attrs[name] = value
+        dst.attrs["format_version"] = 2
+    return old
+
+
 def read_part(args: argparse.Namespace, tmp: Path) -> list[dict[str, Any]]:
     import h5py
 
     t = time.perf_counter()
     store, keys = build_store(tmp / "read", args.rows, args.dim, args.part_rows)
+    old = format2_copy(store, tmp / "read-format2")
     build_s = time.perf_counter() - t
     path = store.path
     size = path.stat().st_size
@@ -235,11 +274,14 @@ def read_part(args: argparse.Namespace, tmp: Path) -> list[dict[str, Any]]:
         f"rows (built in {build_s:.1f} s); file system of {path.parent}"
     )
 
-    def h5_plain() -> float:
-        t = time.perf_counter()
-        with h5py.File(path, "r") as f:
-            f["features"][...]
-        return time.perf_counter() - t
+    def h5_plain(at: Path) -> Any:
+        def run() -> float:
+            t = time.perf_counter()
+            with h5py.File(at, "r") as f:
+                f["features"][...]
+            return time.perf_counter() - t
+
+        return run
 
     def read_all() -> float:
         t = time.perf_counter()
@@ -247,11 +289,14 @@ def read_part(args: argparse.Namespace, tmp: Path) -> list[dict[str, Any]]:
         assert x.shape == (args.rows, args.dim)
         return time.perf_counter() - t
 
-    def read_keys() -> float:
-        t = time.perf_counter()
-        x = store.read(keys)  # stored order
-        assert x.shape == (args.rows, args.dim)
-        return time.perf_counter() - t
+    def read_keys(which: Any) -> Any:
+        def run() -> float:
+            t = time.perf_counter()
+            x = which.read(keys)  # stored order
+            assert x.shape == (args.rows, args.dim)
+            return time.perf_counter() - t
+
+        return run
 
     shuffled = list(np.random.default_rng(1).permutation(keys))
 
@@ -263,10 +308,12 @@ def read_part(args: argparse.Namespace, tmp: Path) -> list[dict[str, Any]]:
 
     methods = (
         ("raw sequential read of the .h5 file (16 MiB readinto)", lambda: raw_read(path), size),
-        ("h5py f['features'][...] (fletcher32 checked)", h5_plain, nbytes),
-        ("FeatureStore.read(keys), keys in stored order", read_keys, nbytes),
+        ("plain h5py f['features'][...] (format 3: no check)", h5_plain(path), nbytes),
+        ("FeatureStore.read(keys), keys in stored order", read_keys(store), nbytes),
         ("FeatureStore.read(keys), keys shuffled", read_shuffled, nbytes),
         ("FeatureStore.read_all() (sorted by key, all rows)", read_all, nbytes),
+        ("format 2: plain h5py (fletcher32 checked)", h5_plain(old.path), nbytes),
+        ("format 2: FeatureStore.read(keys), stored order", read_keys(old), nbytes),
     )
     # Cold: the file's pages dropped before each read. On a virtual disk the first read of a
     # round is often slower (the host caches too), so the methods take turns and each round
@@ -275,7 +322,11 @@ def read_part(args: argparse.Namespace, tmp: Path) -> list[dict[str, Any]]:
     for r in range(len(methods)):
         for name, fn, _ in methods[r:] + methods[:r]:
             drop_file_cache(path)
+            drop_file_cache(old.path)
+            prime_memory(nbytes)
             cold[name].append(fn())
+    for name, times in cold.items():
+        print(f"  cold samples, {name}: {', '.join(f'{t:.3f}' for t in times)} s")
     rows = []
     for name, fn, what in methods:
         fn()  # make sure it is cached

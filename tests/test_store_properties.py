@@ -212,8 +212,9 @@ def test_reads_are_the_same_before_and_after_compaction(
 
 
 def test_stores_written_with_variable_length_attributes_still_read(tmp_path: Path) -> None:
-    """Format 1 wrote string attributes as variable-length strings: such stores still open,
-    verify and compact (into format 2, whose attributes are fixed-length)."""
+    """Format 1 wrote string attributes as variable-length strings and, like format 2, left the
+    feature chunks to HDF5's fletcher32: such stores still open, verify and compact (into format
+    3: fixed-length attributes, feature chunks checked by their CRC32s)."""
     import json
 
     import h5py
@@ -247,6 +248,8 @@ def test_stores_written_with_variable_length_attributes_still_read(tmp_path: Pat
     store.append([_key(9)], _row(9, 0)[None])
     store.compact()
     with h5py.File(store.path, "r") as f:
-        assert f.attrs["format_version"] == 2
+        assert f.attrs["format_version"] == 3
         assert json.loads(f.attrs["spec"]) == SPEC  # plain h5py reads it as before
+        # Format 3: rows unfiltered, each chunk's CRC32 beside them (checked by featurestore).
+        assert not f["features"].fletcher32 and f["features_crc32"].fletcher32
     assert np.array_equal(store.read(keys), rows) and verify(store.path).ok

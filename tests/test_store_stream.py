@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import featurestore.store as store_mod
-from featurestore.store import FeatureStore, verify
+from featurestore.store import FeatureStore, StoreCorruptError, verify
 
 SPEC = {"backbone": "stream", "dim": 24}
 DIM = SPEC["dim"]
@@ -161,3 +161,101 @@ def test_consolidated_file_with_repeated_keys_serves_the_first_row(tmp_path: Pat
     keys, got = store.read_all()
     assert keys == sorted(model) and np.array_equal(got, np.stack([model[k] for k in keys]))
     assert not verify(store.path).ok  # reported, though
+
+
+@pytest.fixture
+def small_chunks(monkeypatch: pytest.MonkeyPatch) -> FeatureStore:
+    """A consolidated file of 100 rows in chunks of 7 rows (the last one partial), read in
+    blocks of two chunks: every read of it spans many blocks."""
+    monkeypatch.setattr(store_mod, "_TARGET_CHUNK_BYTES", 7 * DIM * 4)
+    monkeypatch.setattr(store_mod, "_BLOCK_BYTES", 14 * DIM * 4)
+    return FeatureStore
+
+
+def _flip_row_byte(path: Path, row: int, chunk: int) -> None:
+    """Flip one byte of stored row ``row`` (chunks of ``chunk`` rows, written unfiltered)."""
+    with h5py.File(path, "r") as f:
+        info = f["features"].id.get_chunk_info(row // chunk)
+    pos = info.byte_offset + (row % chunk) * DIM * 4 + 5
+    data = bytearray(path.read_bytes())
+    data[pos] ^= 0x10
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("reader", ["preadv", "hdf5"])
+def test_feature_chunks_are_checked_by_crc32_on_a_second_thread(
+    reader: str, small_chunks: type[FeatureStore], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both ways of reading format-3 chunks: plain preads where HDF5 says where the chunks are,
+    HDF5 itself otherwise."""
+    store = small_chunks.for_spec(tmp_path, SPEC)
+    model: dict[str, np.ndarray] = {}
+    _journal(store, [(list(range(100)), 0)], model)
+    store.compact()
+    with h5py.File(store.path, "r") as f:
+        assert f["features"].chunks == (7, DIM) and not f["features"].fletcher32
+        assert f["features_crc32"].shape == (15,)
+        layout = store_mod._Rows(f, store.path, store._corrupt)._chunk_layout()
+        assert layout is not None and len(layout[1]) == 15
+    if reader == "hdf5":
+        monkeypatch.setattr(store_mod._Rows, "_chunk_layout", lambda self: None)
+    preads: list[int] = []
+    real_preadv = store_mod.os.preadv
+
+    def counted(fd: int, buffers: list, offset: int) -> int:
+        preads.append(offset)
+        return real_preadv(fd, buffers, offset)
+
+    monkeypatch.setattr(store_mod.os, "preadv", counted)
+    threads: list[str] = []
+    real_check = store_mod._Rows.check
+
+    def spy(self: store_mod._Rows, block: np.ndarray, lo: int) -> None:
+        import threading
+
+        threads.append(threading.current_thread().name)
+        real_check(self, block, lo)
+
+    monkeypatch.setattr(store_mod._Rows, "check", spy)
+    stored = [_key(i) for i in range(100)]
+    shuffled = list(np.random.default_rng(2).permutation(stored))
+    for ask in (stored, shuffled, [_key(i) for i in (3, 50, 99, 50)]):  # 8, 8, 3 blocks
+        assert np.array_equal(store.read(ask), np.stack([model[k] for k in ask]))
+    assert len(threads) == 8 + 8 + 3 and all(t.startswith("featurestore-crc") for t in threads)
+    assert len(preads) == (15 + 15 + 3 if reader == "preadv" else 0)  # one per chunk
+    threads.clear()
+    assert np.array_equal(store.read([_key(1)]), model[_key(1)][None])  # one chunk: inline
+    assert threads == ["MainThread"]
+
+    _flip_row_byte(store.path, 50, 7)  # chunk 7: rows 49..56
+    for ask in (stored, shuffled, [_key(50)]):
+        with pytest.raises(StoreCorruptError, match=r"feature rows 49\.\.56 fail their CRC32"):
+            store.read(ask)
+    with pytest.raises(StoreCorruptError, match="CRC32"):
+        store.read_all()
+    ok = [_key(i) for i in range(49)] + [_key(i) for i in range(56, 100)]
+    assert np.array_equal(store.read(ok), np.stack([model[k] for k in ok]))  # other chunks read
+    report = verify(store.path)
+    assert report.problems == [f"{store.path}: features rows 49..56 unreadable"]
+    with pytest.raises(StoreCorruptError, match="fail their checksum"):
+        store.check()
+
+
+def test_rows_without_their_crc32s_are_refused(tmp_path: Path) -> None:
+    """A format-3 file whose CRC32 dataset is gone (or does not fit the chunks) is damage: its
+    rows are never read unchecked."""
+    store = FeatureStore.for_spec(tmp_path, SPEC)
+    _journal(store, [(list(range(20)), 0)], {})
+    store.compact()
+    with h5py.File(store.path, "r+") as f:
+        f["features_crc32"].resize((3,))
+    with pytest.raises(StoreCorruptError, match="does not match the feature chunks"):
+        store.read([_key(0)])
+    assert not verify(store.path).ok
+    with h5py.File(store.path, "r+") as f:
+        del f["features_crc32"]
+    with pytest.raises(StoreCorruptError, match="carry no checksum"):
+        store.read([_key(0)])
+    with pytest.raises(StoreCorruptError, match="carry no checksum"):
+        store.check()
+    assert any("carry no checksum" in p for p in verify(store.path).problems)
