@@ -20,7 +20,7 @@ from typing import Any
 from featurestore.config import cache_root
 from featurestore.datasets import Record, Skipped, Source, open_source
 from featurestore.extractor import resolve
-from featurestore.store import FeatureStore
+from featurestore.store import FeatureStore, StoreCorruptError, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -223,10 +223,20 @@ def extract(
         t = time.perf_counter()
         try:
             store.compact()
-        except Exception:
-            if finished:
+        except Exception as exc:
+            unwritable = isinstance(exc, StoreError) and not isinstance(exc, StoreCorruptError)
+            if finished and written == 0 and unwritable:
+                # Nothing new: every row is in the store or its journal, which readers merge.
+                # A read-only (shared) cache cannot be compacted; that can wait for a writer.
+                warnings.append(
+                    f"the journal of {store.path.name} was not merged into it ({exc}); its "
+                    "rows are read from the journal until a run that can write merges it"
+                )
+                log.warning("%s", warnings[-1])
+            elif finished:
                 raise
-            log.exception("compaction of %s failed; the journal is kept", store.path)
+            else:
+                log.exception("compaction of %s failed; the journal is kept", store.path)
         timings["compact"] = time.perf_counter() - t
     return ExtractResult(
         source=src.name,

@@ -357,6 +357,44 @@ def test_read_only_cache_serves_cached_rows_and_refuses_new_ones_cleanly(
     assert {p: p.read_bytes() for p in cache.rglob("*") if p.is_file()} == before
 
 
+def test_read_only_cache_with_an_unmerged_journal_serves_its_rows(
+    tmp_path: Path,
+    built: dict[str, Any],
+    make_images: Any,
+    tiny_cli_args: list[str],
+    cli_env: Any,
+    tiny_backbone: dict,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A shared cache whose last writer left journal parts (interrupted before compaction) and
+    that is read-only to this user: every row is there, so `extract` succeeds and says the
+    journal was left unmerged, instead of failing on the compaction it cannot do."""
+    cache, store = built["cache"], built["store"]
+    more = tmp_path / "more"
+    shutil.copytree(built["src"], more)
+    make_images(more, 2, ("a",), seed=23)
+    with monkeypatch.context() as m:  # a writer killed between its last part and compaction
+        m.setattr(FeatureStore, "compact", lambda self, force=False: 0)
+        r = extract(more, cache_dir=cache, batch_size=BATCH, workers=0, **tiny_backbone)
+    assert r.n_extracted == 2
+    parts = sorted(store.with_name(store.stem + ".parts").glob("part-*.h5"))
+    assert parts
+    before = {p: p.read_bytes() for p in cache.rglob("*") if p.is_file()}
+    o = tmp_path / "out"
+    o.mkdir()
+    opts = [*tiny_cli_args, "--workers", "0", "--cache-dir", cache, "--json"]
+    _with_read_only(cache, _sh_run(o / "cached", "extract", more, *opts), cli_env(), tmp_path)
+    rc, out, err = _sh_result(o / "cached")
+    assert rc == 0, err
+    summary = json.loads(out)
+    assert summary["reused"] == 10 and summary["extracted"] == 0
+    assert any("not merged" in w for w in summary["warnings"]), summary["warnings"]
+    assert {p: p.read_bytes() for p in cache.rglob("*") if p.is_file()} == before
+    # Once the cache is writable again, the next run merges the journal.
+    extract(more, cache_dir=cache, batch_size=BATCH, workers=0, **tiny_backbone)
+    assert not any(p.exists() for p in parts)
+
+
 def test_full_disk_gives_a_clear_error_and_corrupts_nothing(
     tmp_path: Path,
     built: dict[str, Any],
