@@ -132,6 +132,30 @@ def real_jpegs(root: Path = HYMENOPTERA) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
+def presized_copies(folder: Path, short: int, interpolation: str, out: Path) -> Path:
+    """The JPEGs of ``folder`` resized so their short side is ``short`` pixels (the extractor's
+    resize size, with its ``interpolation``), saved at quality 95, labels and splits kept: the
+    same photos as a user who stores them pre-resized would have them. Built once and reused."""
+    from PIL import Image, ImageOps
+
+    resample = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
+    target = out / f"{folder.name}-short{short}-{interpolation}"
+    done = target / ".complete"
+    if done.exists():
+        return target
+    for src in real_jpegs(folder):
+        dst = target / src.relative_to(folder)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        with Image.open(src) as im:
+            img = ImageOps.exif_transpose(im).convert("RGB")
+        w, h = img.size
+        scale = short / min(w, h)
+        size = (max(short, round(w * scale)), max(short, round(h * scale)))
+        img.resize(size, resample[interpolation]).save(dst, "JPEG", quality=95)
+    done.write_text("ok\n")
+    return target
+
+
 def photo_variants(n: int, out: Path, root: Path = HYMENOPTERA) -> Path:
     """A folder of ``n`` distinct JPEGs made from the real photos under ``root``.
 

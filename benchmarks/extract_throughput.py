@@ -14,7 +14,10 @@
     d   img2vec_pytorch ``get_vec`` on batches of the same images (its model built with
         ``weights=None``: nothing downloads here; for EfficientNet-Lite its efficientnet_b0 slot
         gets the Lite network, the hook on the last 1280x7x7 activation);
-    e   ``extract`` again on the same images (every row a cache hit).
+    e   ``extract`` again on the same images (every row a cache hit);
+    b'  ``extract`` of the same photos stored pre-resized (short side = the extractor's resize
+        size, JPEG quality 95): what b is once decoding and resizing shrink to a small decode
+        (skip with ``--skip presized``).
 
 Images: ``--images N`` distinct JPEGs made from the real photos of ``--photos`` (default the
 398 hymenoptera JPEGs, ~500x375): the originals first, then mirrored/trimmed copies re-encoded
@@ -48,6 +51,7 @@ from _common import (
     children_cpu_s,
     machine,
     photo_variants,
+    presized_copies,
     print_machine,
     print_table,
     real_jpegs,
@@ -274,7 +278,9 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=None)
     p.add_argument("--device", default="cpu")
     p.add_argument("--seconds", type=float, default=12.0, help="timing window of each a")
-    p.add_argument("--skip", default="", help="comma list of: layout, naive, img2vec, precision")
+    p.add_argument(
+        "--skip", default="", help="comma list of: layout, naive, img2vec, precision, presized"
+    )
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = p.parse_args()
     if args.weights is None:
@@ -334,6 +340,13 @@ def main() -> None:
                 again = replica_rate(model, batches, args.seconds / 2, replicas)
                 rates["a_replicas"] = max(rates["a_replicas"], again)
         del model
+        if "presized" not in skip:
+            pre = ex.spec["preprocess"]
+            small = presized_copies(folder, pre["resize"], pre["interpolation"], bench_dir())
+            rp, wall_p, _, _ = run_extract(small, Path(tmp) / "presized", args, args.precision)
+            rates["b_presized"] = rp.n_extracted / wall_p
+            res["presized_timings"] = rp.timings
+            res["presized_workers"] = rp.workers
         naive_paths = paths[: args.naive_images]
         if "naive" not in skip:
             ex32 = resolve(args.backbone, weights=args.weights, precision="fp32")
@@ -370,6 +383,7 @@ def main() -> None:
         "c_same_precision": f"c  naive loop ({args.precision})",
         "d": "d  img2vec_pytorch get_vec (fp32, batches)",
         "e": "e  featurestore extract again (cache hit)",
+        "b_presized": "b' featurestore extract, the same photos stored pre-resized",
         "b_fp32": "b  featurestore extract in fp32",
         "a1_fp32": "a  forward only in fp32 (1 model, channels-last)",
     }
@@ -379,6 +393,9 @@ def main() -> None:
     print()
     print_table(rows)
     ratios = {"b/a1": rates["b"] / rates["a1"], "b/a_ceiling": rates["b"] / ceiling}
+    if "b_presized" in rates:
+        ratios["b'/a1"] = rates["b_presized"] / rates["a1"]
+        ratios["b'/a_ceiling"] = rates["b_presized"] / ceiling
     for k in ("c", "c_same_precision", "d"):
         if k in rates:
             ratios[f"b/{k}"] = rates["b"] / rates[k]
@@ -387,6 +404,14 @@ def main() -> None:
         ratios[f"speed-up a {args.precision}/fp32"] = rates["a1"] / rates["a1_fp32"]
     print()
     print("ratios: " + ", ".join(f"{k} = {v:.2f}" for k, v in ratios.items()))
+    if "presized_timings" in res:
+        # the timings are averages over the workers: times the workers, per image
+        t_pre = res["presized_timings"]
+        per = 1e3 * max(1, res["presized_workers"]) / max(1, r.n_extracted)
+        print(
+            "b' CPU ms per image, all workers: "
+            + ", ".join(f"{k} {per * t_pre.get(k, 0.0):.2f}" for k in ("decode", "forward"))
+        )
     timings = dict(r.timings)
     split = {
         "wall": wall_b,
