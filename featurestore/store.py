@@ -68,6 +68,8 @@ FORMAT = "featurestore-hdf5"
 # filter); 2: string attributes are fixed-length UTF-8 bytes (1: variable-length). All are read.
 FORMAT_VERSION = 3
 _CRC = "features_crc32"
+# Feature rows as stored; a chunk's CRC32 is over these bytes, so it holds on any machine.
+_STORED = np.dtype("<f4")
 KEY_DTYPE = f"S{KEY_LENGTH}"
 _TARGET_CHUNK_BYTES = 256 * 1024
 _HEX = re.compile(rb"^[0-9a-f]{64}$")
@@ -246,7 +248,7 @@ class _RowWriter:
         self.feats[lo:hi] = rows
         self.kds[lo:hi] = keys
         for i in range(0, len(rows), self.chunk):  # ``lo`` is a multiple of the chunk
-            self.crcs[(lo + i) // self.chunk] = zlib.crc32(rows[i : i + self.chunk])
+            self.crcs[(lo + i) // self.chunk] = _crc32(rows[i : i + self.chunk])
         self.done = hi
 
     def finish(self) -> None:
@@ -275,7 +277,7 @@ def _write_file(
                 "features",
                 shape=(n, dim),
                 maxshape=(None, dim),
-                dtype="float32",
+                dtype=_STORED,
                 chunks=(chunk, dim),
             )
             kds = f.create_dataset(
@@ -390,6 +392,11 @@ def _new_rows(old: np.ndarray, parts: list[np.ndarray]) -> list[np.ndarray]:
     return np.split(keep, np.cumsum([len(k) for k in parts])[:-1])
 
 
+def _crc32(rows: np.ndarray) -> int:
+    """CRC32 of float32 ``rows`` as stored (little-endian; no copy on a little-endian CPU)."""
+    return zlib.crc32(np.ascontiguousarray(rows, dtype=_STORED))
+
+
 def _chunk_crcs(f: h5py.File, where: Path) -> np.ndarray | None:
     """The CRC32 of each chunk of ``f``'s feature rows (format 3), or None where HDF5's fletcher32
     filter checks them (formats 1-2). Raises StoreCorruptError when neither is there."""
@@ -447,6 +454,8 @@ class _Rows:
         self._layout_known = True
         if self.crcs is None or not hasattr(os, "preadv") or not len(self.crcs):
             return None
+        if self.ds.dtype != _STORED or np.dtype(np.float32) != _STORED:  # bytes as they lie
+            return None
         offsets = np.full(len(self.crcs), -1, dtype=np.int64)
         full = self.chunk * self.dim * 4
         odd: list[Any] = []
@@ -496,7 +505,7 @@ class _Rows:
         if self.crcs is None:
             return
         for i in range(0, len(block), self.chunk):
-            if zlib.crc32(block[i : i + self.chunk]) != int(self.crcs[(lo + i) // self.chunk]):
+            if _crc32(block[i : i + self.chunk]) != int(self.crcs[(lo + i) // self.chunk]):
                 first = lo + i
                 last = min(first + self.chunk, self.n)
                 raise self._corrupt(self.where, f"feature rows {first}..{last} fail their CRC32")
@@ -1219,7 +1228,7 @@ def _unreadable_chunks(ds: h5py.Dataset, crcs: np.ndarray | None = None) -> list
         except _H5_ERRORS:
             bad.append((start, stop))
             continue
-        if crcs is not None and zlib.crc32(block) != int(crcs[start // step]):
+        if crcs is not None and _crc32(block) != int(crcs[start // step]):
             bad.append((start, stop))
     return bad
 
