@@ -957,15 +957,13 @@ class FeatureStore:
                     plan = list(zip(parts, part_keys, keep, strict=True))
 
                     def fill(writer: _RowWriter) -> None:
-                        self._merge_into(writer, main, plan)
+                        self._merge_into(writer, main, main_keys, plan)
 
-                    if main is not None:
-                        self._verify_features(main, self.path)
                     try:
                         _write_file(tmp, main_rows + added, int(dim or 0), attrs, fill)
                         os.replace(tmp, self.path)
                         _fsync_path(self.path.parent)
-                    except StoreError:  # a damaged journal part (StoreCorruptError)
+                    except StoreError:  # a damaged file (StoreCorruptError), found as copied
                         with contextlib.suppress(OSError):
                             tmp.unlink()
                         raise
@@ -989,15 +987,17 @@ class FeatureStore:
         self,
         writer: _RowWriter,
         main: h5py.File | None,
+        main_keys: np.ndarray,
         parts: list[tuple[Path, np.ndarray, np.ndarray]],
     ) -> None:
-        """Write compaction's rows into its new file: the consolidated file's rows (if any), then
-        the kept rows (``(path, keys, keep mask)``) of each journal part, block by block, so that
-        memory stays at about a block however many rows are merged."""
+        """Write compaction's rows into its new file: the consolidated file's rows (if any, under
+        ``main_keys``), then the kept rows (``(path, keys, keep mask)``) of each journal part,
+        block by block, so that memory stays at about a block however many rows are merged.
+        Every block is checked as it is read: a damaged file raises StoreCorruptError."""
         buf: np.ndarray | None = None
         if main is not None:
             rows = _Rows(main, self.path, self._corrupt)
-            keys = main["keys"]
+            keys = main_keys
             for start in range(0, rows.n, rows.step):
                 stop = min(rows.n, start + rows.step)
                 buf = rows.read_block(start, stop, buf)

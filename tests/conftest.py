@@ -117,3 +117,14 @@ def fork_ctx() -> Any:
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(["featurestore.pipeline", "torchvision.models"])
     return ctx
+
+
+def _folder_bytes(root: Path) -> dict[Path, bytes]:
+    return {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+@pytest.fixture(scope="session")
+def folder_bytes() -> Callable[[Path], dict[Path, bytes]]:
+    """``folder_bytes(root)``: every file under ``root`` and its bytes, to show that an
+    operation changed nothing there."""
+    return _folder_bytes

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import tracemalloc
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
@@ -259,3 +260,19 @@ def test_rows_without_their_crc32s_are_refused(tmp_path: Path) -> None:
     with pytest.raises(StoreCorruptError, match="carry no checksum"):
         store.check()
     assert any("carry no checksum" in p for p in verify(store.path).problems)
+
+
+def test_compaction_over_a_damaged_consolidated_file_changes_nothing(
+    small_chunks: type[FeatureStore], tmp_path: Path, folder_bytes: Any
+) -> None:
+    """Compaction checks every block of the consolidated file as it copies it: a damaged one
+    raises, and the file, the journal and the directory are left as they were."""
+    store = small_chunks.for_spec(tmp_path, SPEC)
+    _journal(store, [(list(range(100)), 0)], {})
+    store.compact()
+    _flip_row_byte(store.path, 90, 7)  # in the last blocks: found midway through the copy
+    _journal(store, [([100, 101], 1)], {})
+    before = folder_bytes(tmp_path)
+    with pytest.raises(StoreCorruptError, match=r"feature rows 84\.\.91 fail their CRC32"):
+        store.compact()
+    assert folder_bytes(tmp_path) == before
