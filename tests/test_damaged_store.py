@@ -320,12 +320,13 @@ def test_read_only_cache_serves_cached_rows_and_refuses_new_ones_cleanly(
     make_images: Any,
     tiny_cli_args: list[str],
     cli_env: Any,
+    folder_bytes: Any,
 ) -> None:
     cache, store = built["cache"], built["store"]
     more = tmp_path / "more"
     shutil.copytree(built["src"], more)
     make_images(more, 2, ("a",), seed=22)
-    before = {p: p.read_bytes() for p in cache.rglob("*") if p.is_file()}
+    before = folder_bytes(cache)
     lock = store.with_name(store.name + ".lock")
     assert lock in before
     o = tmp_path / "out"
@@ -354,7 +355,7 @@ def test_read_only_cache_serves_cached_rows_and_refuses_new_ones_cleanly(
     )
     _with_read_only(cache, read, cli_env(), tmp_path)
     assert _sh_result(o / "lockless")[0] == 0, _sh_result(o / "lockless")[2]
-    assert {p: p.read_bytes() for p in cache.rglob("*") if p.is_file()} == before
+    assert folder_bytes(cache) == before
 
 
 def test_read_only_cache_with_an_unmerged_journal_serves_its_rows(
@@ -365,6 +366,7 @@ def test_read_only_cache_with_an_unmerged_journal_serves_its_rows(
     cli_env: Any,
     tiny_backbone: dict,
     monkeypatch: pytest.MonkeyPatch,
+    folder_bytes: Any,
 ) -> None:
     """A shared cache whose last writer left journal parts (interrupted before compaction) and
     that is read-only to this user: every row is there, so `extract` succeeds and says the
@@ -379,7 +381,7 @@ def test_read_only_cache_with_an_unmerged_journal_serves_its_rows(
     assert r.n_extracted == 2
     parts = sorted(store.with_name(store.stem + ".parts").glob("part-*.h5"))
     assert parts
-    before = {p: p.read_bytes() for p in cache.rglob("*") if p.is_file()}
+    before = folder_bytes(cache)
     o = tmp_path / "out"
     o.mkdir()
     opts = [*tiny_cli_args, "--workers", "0", "--cache-dir", cache, "--json"]
@@ -389,7 +391,7 @@ def test_read_only_cache_with_an_unmerged_journal_serves_its_rows(
     summary = json.loads(out)
     assert summary["reused"] == 10 and summary["extracted"] == 0
     assert any("not merged" in w for w in summary["warnings"]), summary["warnings"]
-    assert {p: p.read_bytes() for p in cache.rglob("*") if p.is_file()} == before
+    assert folder_bytes(cache) == before
     # Once the cache is writable again, the next run merges the journal.
     extract(more, cache_dir=cache, batch_size=BATCH, workers=0, **tiny_backbone)
     assert not any(p.exists() for p in parts)
