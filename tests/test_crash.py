@@ -249,15 +249,16 @@ def test_sigkill_as_soon_as_parts_appear(
 
 
 # (event, n, start from half a store?) -- n counts calls inside the killed run: a fresh run
-# writes N_BATCHES parts (H when half the rows are stored already), each with 2 dataset writes
-# (features, keys), then compacts with 2 writes (4 when it copies an existing consolidated file).
+# writes N_BATCHES parts (H when half the rows are stored already), each with 3 dataset writes
+# (features, keys, features_crc32), then compacts with 3 more: its rows, old and new, are fewer
+# than one block (``_RowWriter``), so features, keys and CRC32s are each written once.
 H = N_BATCHES // 2
 HOOKS = [
-    ("setitem", 1, False),  # first part: features written, keys not, file open
-    ("setitem", 8, False),  # fourth part: keys written, file not closed
-    ("setitem", 2 * N_BATCHES + 1, False),  # compaction: new file's features written
-    ("setitem", 2 * H + 1, True),  # compaction copying the old file: first block
-    ("setitem", 2 * H + 3, True),  # compaction: old rows copied, new ones written
+    ("setitem", 1, False),  # first part: features written, keys and CRC32s not, file open
+    ("setitem", 3 * 3 + 2, False),  # fourth part: keys written, CRC32s not, file not closed
+    ("setitem", 3 * N_BATCHES + 1, False),  # compaction: new file's features written
+    ("setitem", 3 * H + 1, True),  # compaction over the old file: merged rows written, keys not
+    ("setitem", 3 * H + 3, True),  # compaction: rows, keys and CRC32s written, file not closed
     ("close", 3, False),  # third part complete but not flushed/closed
     ("close", N_BATCHES + 1, False),  # compaction's new file about to close
     ("replace", 1, False),  # first part fsynced, not yet renamed
@@ -265,6 +266,44 @@ HOOKS = [
     ("replace_after", H + 1, True),  # renamed over the old file, parts not deleted
     ("unlink", 3, False),  # compaction deleted 3 merged parts of 10
 ]
+
+
+def test_setitem_kill_points_land_where_their_comments_say(
+    world: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The HOOKS count dataset writes: if the write pattern changes, their kills would land
+    somewhere else (still firing, testing less). Record the writes of the same two runs."""
+    from featurestore.extraction import extract
+
+    writes: list[tuple[str, str]] = []
+    orig_set = h5py.Dataset.__setitem__
+
+    def setitem(self: h5py.Dataset, *a: Any) -> None:
+        orig_set(self, *a)
+        merged = self.file["keys"].shape[0] > BATCH  # a part holds one batch
+        writes.append(("compaction" if merged else "part", self.name))
+
+    monkeypatch.setattr(h5py.Dataset, "__setitem__", setitem)
+
+    def run(source: Path, cache: Path) -> list[tuple[str, str]]:
+        writes.clear()
+        extract(source, cache_dir=cache, batch_size=BATCH, workers=0, device="cpu", **TINY)
+        return list(writes)
+
+    fresh = run(world["src"], tmp_path / "fresh")
+    run(world["half"], tmp_path / "half")
+    from_half = run(world["src"], tmp_path / "half")
+    want = {
+        (1, False): ("part", "/features"),
+        (3 * 3 + 2, False): ("part", "/keys"),
+        (3 * N_BATCHES + 1, False): ("compaction", "/features"),
+        (3 * H + 1, True): ("compaction", "/features"),
+        (3 * H + 3, True): ("compaction", "/features_crc32"),
+    }
+    setitem_hooks = {(n, half) for event, n, half in HOOKS if event == "setitem"}
+    assert set(want) == setitem_hooks
+    for (n, half), what in want.items():
+        assert (from_half if half else fresh)[n - 1] == what, (n, half)
 
 
 @pytest.mark.parametrize(("event", "n", "from_half"), HOOKS, ids=[f"{e}{n}" for e, n, _ in HOOKS])
