@@ -180,6 +180,24 @@ def _run(ctx: Any, source: Path, cache: Path, kill_at: tuple[str, int] | None = 
     return p.exitcode
 
 
+def _kill_once_parts_landed(
+    ctx: Any, world: dict[str, Any], cache: Path, parts: int, poll: float, pause: float = 0.0
+) -> int | None:
+    """Start an extraction of ``world``'s images into ``cache``, SIGKILL it ``pause`` seconds
+    after ``parts`` journal parts of this run landed (or once it ended); its exit code."""
+    parts_dir = cache / (Path(world["name"]).stem + ".parts")
+    p = ctx.Process(target=_extract_child, args=(str(world["src"]), str(cache)))
+    p.start()
+    deadline = time.monotonic() + 60
+    while len(list(parts_dir.glob("part-*.h5"))) < parts and p.is_alive():
+        assert time.monotonic() < deadline
+        time.sleep(poll)
+    time.sleep(pause)
+    p.kill()
+    p.join(30)
+    return p.exitcode
+
+
 def _resume_and_check(ctx: Any, world: dict[str, Any], cache: Path) -> None:
     store = _store_path(cache, world["name"])
     _assert_sound(store, world["ref"])
@@ -204,20 +222,11 @@ def test_sigkill_at_random_moment_then_resume(
     # A random moment measured in progress, not seconds (the machine's load varies): once a
     # random number of this run's batches have landed (0: during start-up), plus a random few
     # milliseconds, so that kills fall into writes, forward passes and the compaction.
-    parts_dir = cache / (Path(world["name"]).stem + ".parts")
     landed = rng.randint(0, N_BATCHES // 2 if half else N_BATCHES)
     jitter = rng.uniform(0.0, 0.03)
-    p = fork_ctx.Process(target=_extract_child, args=(str(world["src"]), str(cache)))
-    p.start()
-    deadline = time.monotonic() + 60
-    while len(list(parts_dir.glob("part-*.h5"))) < landed and p.is_alive():
-        assert time.monotonic() < deadline
-        time.sleep(0.001)
-    time.sleep(jitter)
-    p.kill()
-    p.join(30)
-    assert p.exitcode is not None
-    RANDOM_EXITS.append(p.exitcode)
+    code = _kill_once_parts_landed(fork_ctx, world, cache, landed, 0.001, jitter)
+    assert code is not None
+    RANDOM_EXITS.append(code)
     _resume_and_check(fork_ctx, world, cache)
 
 
@@ -234,16 +243,8 @@ def test_sigkill_as_soon_as_parts_appear(
     n_parts: int, world: dict[str, Any], fork_ctx: Any, tmp_path: Path
 ) -> None:
     cache = tmp_path / "cache"
-    parts_dir = cache / (Path(world["name"]).stem + ".parts")
-    p = fork_ctx.Process(target=_extract_child, args=(str(world["src"]), str(cache)))
-    p.start()
-    deadline = time.monotonic() + 60
-    while len(list(parts_dir.glob("part-*.h5"))) < n_parts and p.is_alive():
-        assert time.monotonic() < deadline
-        time.sleep(0.002)
-    p.kill()
-    p.join(30)
-    assert p.exitcode == -signal.SIGKILL, "the run ended before the kill: no trial"
+    code = _kill_once_parts_landed(fork_ctx, world, cache, n_parts, 0.002)
+    assert code == -signal.SIGKILL, "the run ended before the kill: no trial"
     assert _assert_sound(cache / world["name"], world["ref"]) >= BATCH * n_parts
     _resume_and_check(fork_ctx, world, cache)
 
