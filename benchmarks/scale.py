@@ -156,6 +156,19 @@ def run_child(folder: Path, cache: Path, args: argparse.Namespace) -> dict[str, 
     return res
 
 
+def child_row(run: str, res: dict[str, Any], images: int) -> dict[str, Any]:
+    """A table row for one ``run_child`` result that handled ``images`` images."""
+    return {
+        "run": run,
+        "img/s": images / res["extract_call_s"],
+        "extract() s": res["extract_call_s"],
+        "process s": res["process_s"],
+        "peak RSS main MiB": res["peak_rss_main_mib"],
+        "peak PSS tree MiB": res["peak_pss_tree_mib"],
+        "torch": res["torch_imported"],
+    }
+
+
 def run_cli(folder: Path, cache: Path, args: argparse.Namespace) -> dict[str, Any]:
     """``featurestore extract FOLDER ... --json`` in a fresh process: its summary, the process's
     wall time (``process_s``) and peak RSS (``peak_rss_mib``, from ``wait4``)."""
@@ -368,33 +381,13 @@ def main() -> None:
                 folder = synthetic_jpegs(n, bench_dir())
                 print(f"images: {n} in {folder} ({time.perf_counter() - t:.1f} s to make/find)")
                 res = run_child(folder, tmp / f"cache-{n}", args)
-                rows.append(
-                    {
-                        "run": f"extract {n} images (fresh store)",
-                        "img/s": res["extracted"] / res["extract_call_s"],
-                        "extract() s": res["extract_call_s"],
-                        "process s": res["process_s"],
-                        "peak RSS main MiB": res["peak_rss_main_mib"],
-                        "peak PSS tree MiB": res["peak_pss_tree_mib"],
-                        "torch": res["torch_imported"],
-                    }
-                )
+                rows.append(child_row(f"extract {n} images (fresh store)", res, res["extracted"]))
                 print(f"  {rows[-1]} timings={res['timings']}", flush=True)
                 if "hit" not in parts:
                     continue
                 hit = run_child(folder, tmp / f"cache-{n}", args)
                 assert hit["extracted"] == 0, hit
-                rows.append(
-                    {
-                        "run": f"extract {n} images again (cache hit)",
-                        "img/s": hit["reused"] / hit["extract_call_s"],
-                        "extract() s": hit["extract_call_s"],
-                        "process s": hit["process_s"],
-                        "peak RSS main MiB": hit["peak_rss_main_mib"],
-                        "peak PSS tree MiB": hit["peak_pss_tree_mib"],
-                        "torch": hit["torch_imported"],
-                    }
-                )
+                rows.append(child_row(f"extract {n} images again (cache hit)", hit, hit["reused"]))
                 print(f"  {rows[-1]} timings={hit['timings']}", flush=True)
                 cli = run_cli(folder, tmp / f"cache-{n}", args)
                 assert cli["extracted"] == 0, cli
