@@ -33,6 +33,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
+from featurestore.errors import BackboneError, WeightsUnavailableError
+
 if TYPE_CHECKING:
     import torch
     from torch import nn
@@ -68,14 +70,6 @@ _FAMILIES = (
     "vgg",
     "vit",
 )
-
-
-class BackboneError(ValueError):
-    """Unknown backbone, node or weights."""
-
-
-class WeightsUnavailableError(BackboneError):
-    """Pretrained weights are not on this machine and cannot be fetched."""
 
 
 @dataclass(frozen=True)

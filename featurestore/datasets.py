@@ -29,17 +29,14 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from featurestore.decode import IMAGE_EXTENSIONS, DecodeError, array_to_image, decode_file
+from featurestore.decode import IMAGE_EXTENSIONS, array_to_image, decode_file
+from featurestore.errors import DecodeError, SourceError
 from featurestore.keys import array_key, file_key
 
 log = logging.getLogger(__name__)
 
 SPLIT_NAMES = ("train", "val", "validation", "test")
 BUILTINS = ("digits",)
-
-
-class SourceError(ValueError):
-    """A source that cannot be read at all (missing, empty, ambiguous)."""
 
 
 @dataclass(frozen=True, slots=True)

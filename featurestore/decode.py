@@ -14,13 +14,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from featurestore.errors import DecodeError
+
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
 )
-
-
-class DecodeError(ValueError):
-    """An image that cannot be decoded; the message is the reason shown to the user."""
 
 
 def _to_rgb(im: Image.Image) -> Image.Image:

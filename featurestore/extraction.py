@@ -19,6 +19,7 @@ from typing import Any
 
 from featurestore.config import cache_root
 from featurestore.datasets import Record, Skipped, Source, open_source
+from featurestore.errors import ExtractError
 from featurestore.extractor import resolve
 from featurestore.store import FeatureStore, StoreCorruptError, StoreError
 
@@ -30,10 +31,6 @@ def _pipeline_module() -> ModuleType:
     from featurestore import pipeline
 
     return pipeline
-
-
-class ExtractError(RuntimeError):
-    """Extraction stopped (``strict`` and a bad file, or an unusable device/precision)."""
 
 
 @dataclass

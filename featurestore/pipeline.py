@@ -40,7 +40,7 @@ from torchvision.transforms import functional as F
 
 from featurestore.datasets import ImageLoader, Record, Skipped
 from featurestore.decode import DecodeError
-from featurestore.extraction import ExtractError
+from featurestore.errors import ExtractError
 from featurestore.extractor import Extractor, Preprocess
 from featurestore.store import FeatureStore
 

@@ -17,12 +17,9 @@ import numpy as np
 from classifiers.saved import load_head
 from featurestore.api import rows_for_records
 from featurestore.datasets import Skipped, Source, open_source
+from featurestore.errors import HeadMismatchError
 from featurestore.extractor import resolve
 from featurestore.pixels import pixel_rows
-
-
-class HeadMismatchError(ValueError):
-    """The head was trained on features this machine's extractor would not reproduce."""
 
 
 @dataclass

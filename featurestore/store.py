@@ -59,6 +59,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from featurestore.errors import StoreCorruptError, StoreError
 from featurestore.keys import KEY_LENGTH, canonical_json, fingerprint
 
 log = logging.getLogger(__name__)
@@ -90,21 +91,6 @@ _RETRIES = 5
 # (about this many bytes): memory stays bounded whatever the number of rows.
 _BLOCK_BYTES = 4 * 1024 * 1024
 _HASH_MULTIPLIER = np.uint64(0x9E3779B97F4A7C15)
-
-
-class StoreError(RuntimeError):
-    """A store cannot be used as asked (unwritable directory, wrong fingerprint, ...)."""
-
-
-class StoreCorruptError(StoreError):
-    """A store file is damaged; it is never appended to or read from.
-
-    ``file`` is the damaged file (the consolidated ``.h5`` or one journal part).
-    """
-
-    def __init__(self, message: str, *, file: Path | None = None) -> None:
-        super().__init__(message)
-        self.file = file
 
 
 class _VanishedError(StoreError):
