@@ -20,9 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from classifiers.report import write_report
-from classifiers.sweep import run_sweep
-from featurestore.featuresets import build_sweep_data
+from featurestore.experiment import Anchor, run_experiment
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 DEFAULT_CONFIG: dict[str, Any] = {
@@ -63,41 +61,26 @@ def main() -> None:
         if not path.startswith("builtin:") and not Path(path).exists():
             print(f"skip {source['name']}: {path} not found")
             continue
-        t = time.perf_counter()
-        data = build_sweep_data(
+        outcome = run_experiment(
             path,
+            out_dir=args.out / source["name"],
             backbones=config["backbones"],
             combos=config["combos"],
-            cache_dir=args.cache_dir,
-            progress=True,
-        )
-        t_feat = time.perf_counter() - t
-        results = run_sweep(
-            data.feature_sets,
             heads=config["heads"],
             cv=config["cv"],
             use_grid=config["grid"],
+            anchors=[Anchor(k, v) for k, v in source.get("anchors", {}).items()],
+            save_best=False,
+            cache_dir=args.cache_dir,
             progress=lambda m, s=source["name"]: print(f"[{s}] {m}"),
-        )
-        notes = [
-            f"Split: {data.plan.description}.",
-            f"Features (extract or cache hit) {t_feat:.1f} s.",
-        ]
-        best = results[0]
-        for label, value in source.get("anchors", {}).items():
-            notes.append(
-                f"Anchor {label}: {value:.4f}; best here {best.feature_set}/"
-                f"{best.head} {best.accuracy:.4f} ({best.accuracy - value:+.4f})."
-            )
-        out = args.out / source["name"]
-        write_report(
-            results,
-            out,
             title=f"sweep: {source['name']}",
-            provenance={"source": path, "config": config},
-            notes=notes,
+            extra_provenance={"config": config},
         )
-        for rank, r in enumerate(results, start=1):
+        print(
+            f"[{source['name']}] features (extract or cache hit) "
+            f"{outcome.seconds['features']:.1f} s, heads {outcome.seconds['heads']:.1f} s"
+        )
+        for rank, r in enumerate(outcome.results, start=1):
             rows.append(
                 {
                     "source": source["name"],

@@ -1,13 +1,12 @@
-"""Classical heads on cached bottleneck features: registry, split, sweep, metrics, reports.
+"""Classical heads on cached bottleneck features: registry, split, sweep, metrics.
 
-Imports numpy, scikit-learn, joblib and matplotlib only (never torch), so heads train and
-predict on machines without torch.
+Imports numpy and scikit-learn only (never torch, never featurestore), so heads train and
+predict on machines without torch. Reports and saved heads are the application's business
+(``featurestore.report``, ``featurestore.headfile``).
 """
 
 from classifiers.heads import HEADS, HeadSpec, get_head, list_heads
 from classifiers.metrics import Evaluation, evaluate, roc_points, scores_for
-from classifiers.report import write_report
-from classifiers.saved import HeadIntegrityError, load_head, save_head, sidecar_path
 from classifiers.split import hash_unit, stratified_hash_split
 from classifiers.sweep import FeatureSet, SweepResult, rank_key, run_sweep
 
@@ -15,20 +14,15 @@ __all__ = [
     "HEADS",
     "Evaluation",
     "FeatureSet",
-    "HeadIntegrityError",
     "HeadSpec",
     "SweepResult",
     "evaluate",
     "get_head",
     "hash_unit",
     "list_heads",
-    "load_head",
     "rank_key",
     "roc_points",
     "run_sweep",
-    "save_head",
     "scores_for",
-    "sidecar_path",
     "stratified_hash_split",
-    "write_report",
 ]

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from featurestore.provenance import VERSION as __version__
 __all__ = ["__version__", "extract", "load_features", "open_source"]
 
 if TYPE_CHECKING:

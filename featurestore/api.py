@@ -12,6 +12,10 @@ import numpy as np
 
 from featurestore.config import cache_root
 from featurestore.datasets import Record, Skipped, Source, open_source
+from featurestore.errors import MissingRowsError
+from featurestore.extraction import extract
+from featurestore.extractor import Extractor, ExtractorRecord, resolve
+from featurestore.options import ExtractorOptions, split_backbones
 from featurestore.store import FeatureStore
 
 log = logging.getLogger(__name__)
@@ -28,23 +32,17 @@ class Features:
     labels: list[str | None]
     class_names: list[str]
     split: str | None
-    extractors: list[dict[str, Any]] = field(default_factory=list)
+    extractors: list[ExtractorRecord] = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.keys)
 
 
-def _as_list(backbone: str | Sequence[str]) -> list[str]:
-    if isinstance(backbone, str):
-        return [b for b in backbone.split("+") if b]
-    return list(backbone)
-
-
 def load_features(
     source: str | Path | Source,
     *,
-    backbone: str | Sequence[str] = "efficientnet_lite0",
+    backbone: str | Sequence[str] | ExtractorOptions = "efficientnet_lite0",
     split: str | None = None,
     extract_missing: bool = True,
     cache_dir: str | Path | None = None,
@@ -54,52 +52,41 @@ def load_features(
     """Feature rows for ``source``'s records (one split, or all), aligned on image keys.
 
     ``backbone`` may name several backbones (a list, or ``"alexnet+vgg16"``): their rows are
-    concatenated column-wise in that order, aligned on image keys. With ``extract_missing``
-    (default) images not yet in the store are extracted first; otherwise they are an error.
-    Images that could not be decoded are left out and listed in ``skipped``. ``options`` go to
-    :func:`featurestore.extraction.extract` (nodes, pooling, weights, input_size, precision, ...).
+    concatenated column-wise in that order, aligned on image keys; or it is one
+    :class:`ExtractorOptions`. With ``extract_missing`` (default) images not yet in the store
+    are extracted first; otherwise they are an error. Images that could not be decoded are left
+    out and listed in ``skipped``. ``options`` are the extractor options (nodes, pooling,
+    weights, input_size, precision, decode), the same for every backbone, and, with
+    ``extract_missing``, the run options of :func:`featurestore.extraction.extract`
+    (batch_size, workers, device, progress, ...).
     """
-    from featurestore.extraction import extract
-    from featurestore.extractor import resolve
-
     src = source if isinstance(source, Source) else open_source(source)
     records: list[Record] = src.select(split)
     names = list(class_names) if class_names is not None else src.class_names
-    blocks: list[np.ndarray] = []
-    extractors: list[dict[str, Any]] = []
+    extractor_kw = {k: options.pop(k) for k in EXTRACTOR_KEYWORDS if k in options}
+    stores: list[FeatureStore] = []
+    extractors: list[ExtractorRecord] = []
     skipped: list[Skipped] = list(src.skipped)
-    present: np.ndarray | None = None
+    present = np.ones(len(records), dtype=bool)
     root = cache_root(cache_dir)
-    resolve_keys = ("nodes", "pooling", "weights", "input_size", "precision", "decode")
-    for name in _as_list(backbone):
-        if extract_missing:
-            result = extract(src, backbone=name, cache_dir=root, split=split, **options)
-            skipped += [s for s in result.skipped if s not in skipped]
-        ex = resolve(name, **{k: v for k, v in options.items() if k in resolve_keys})
+    for opts in _options_list(backbone, extractor_kw):
+        ex, more = _extractor_for(src, opts, root, split, extract_missing, options)
+        skipped += [s for s in more if s not in skipped]
         store = FeatureStore.for_spec(root, ex.spec)
         have = store.keys()
         mask = np.array([r.key in have for r in records], dtype=bool)
         if not extract_missing and not mask.all():
-            raise KeyError(
-                f"{int((~mask).sum())} of {len(records)} images of {src.name} have no {name} "
-                f"rows in {store.path}; run `featurestore extract {src.name} --backbone {name}`"
+            raise MissingRowsError(
+                f"{int((~mask).sum())} of {len(records)} images of {src.name} have no "
+                f"{opts.backbone} rows in {store.path}; run `featurestore extract {src.name} "
+                f"{' '.join(opts.cli_args())}`"
             )
-        present = mask if present is None else present & mask
-        blocks.append(store)  # type: ignore[arg-type]  # read below once alignment is known
-        extractors.append(
-            {
-                "backbone": name,
-                "fingerprint": ex.fingerprint,
-                "nodes": list(ex.nodes),
-                "pooling": ex.pooling,
-                "store": str(store.path),
-                "spec": ex.spec,
-            }
-        )
-    assert present is not None
+        present &= mask
+        stores.append(store)
+        extractors.append(ExtractorRecord.of(ex, store.path))
     kept = [r for r, ok in zip(records, present, strict=True) if ok]
     keys = [r.key for r in kept]
-    X = np.hstack([store.read(keys) for store in blocks]) if keys else np.empty((0, 0))
+    X = np.hstack([store.read(keys) for store in stores]) if keys else np.empty((0, 0))
     index = {c: i for i, c in enumerate(names)}
     y = np.array(
         [index.get(r.label, -1) if r.label is not None else -1 for r in kept], dtype=np.int64
@@ -115,6 +102,36 @@ def load_features(
         extractors=extractors,
         skipped=skipped,
     )
+
+
+EXTRACTOR_KEYWORDS = ("nodes", "pooling", "weights", "input_size", "precision", "decode")
+
+
+def _options_list(
+    backbone: str | Sequence[str] | ExtractorOptions, extractor_kw: dict[str, Any]
+) -> list[ExtractorOptions]:
+    if isinstance(backbone, ExtractorOptions):
+        if extractor_kw:
+            raise TypeError("give either ExtractorOptions or extractor keywords, not both")
+        return [backbone]
+    return [ExtractorOptions.make(name, **extractor_kw) for name in split_backbones(backbone)]
+
+
+def _extractor_for(
+    src: Source,
+    opts: ExtractorOptions,
+    root: Path,
+    split: str | None,
+    extract_missing: bool,
+    run_options: dict[str, Any],
+) -> tuple[Extractor, list[Skipped]]:
+    """The resolved extractor of ``opts`` (extracting what is missing first) and the images
+    that extraction skipped."""
+    if not extract_missing:
+        return resolve(opts), []
+    result = extract(src, backbone=opts, cache_dir=root, split=split, **run_options)
+    assert result.extractor is not None
+    return result.extractor, result.skipped
 
 
 def rows_for_records(

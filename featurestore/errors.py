@@ -21,6 +21,8 @@ __all__ = [
     "HeadError",
     "HeadIntegrityError",
     "HeadMismatchError",
+    "MissingRowsError",
+    "OptionError",
     "OutputError",
     "SourceError",
     "StoreCorruptError",
@@ -33,6 +35,10 @@ class FeatureStoreError(Exception):
     """Base of every error featurestore raises on purpose; its message is for the user."""
 
     exit_code = 1
+
+
+class OptionError(FeatureStoreError, ValueError):
+    """An option value that cannot work (not one of the allowed values, out of range)."""
 
 
 class SourceError(FeatureStoreError, ValueError):
@@ -65,6 +71,13 @@ class StoreCorruptError(StoreError):
     def __init__(self, message: str, *, file: Path | None = None) -> None:
         super().__init__(message)
         self.file = file
+
+
+class MissingRowsError(FeatureStoreError, KeyError):
+    """Rows asked for are not in the store (extract them first)."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
 
 
 class HeadError(FeatureStoreError, ValueError):

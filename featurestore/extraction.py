@@ -17,10 +17,12 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from featurestore import runtime
 from featurestore.config import cache_root
 from featurestore.datasets import Record, Skipped, Source, open_source
-from featurestore.errors import ExtractError
-from featurestore.extractor import resolve
+from featurestore.errors import ExtractError, OptionError
+from featurestore.extractor import Extractor, resolve
+from featurestore.options import ExtractorOptions
 from featurestore.store import FeatureStore, StoreCorruptError, StoreError
 
 log = logging.getLogger(__name__)
@@ -54,6 +56,7 @@ class ExtractResult:
     workers: int
     timings: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    extractor: Extractor | None = field(default=None, repr=False, compare=False)
 
     @property
     def images_per_s(self) -> float:
@@ -83,23 +86,11 @@ class ExtractResult:
         }
 
 
-_BF16_WARNING = "this CPU has no native bf16 (AVX512-BF16/AMX): bf16 may be slower"
-
-
-def cpu_supports_bf16() -> bool:
-    """Whether this CPU has native bf16 arithmetic (AVX512-BF16 or AMX)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
 def extract(
     source: str | Path | Source,
     *,
-    backbone: str,
-    nodes: list[str] | None = None,
+    backbone: str | ExtractorOptions,
+    nodes: list[str] | tuple[str, ...] | None = None,
     pooling: str | None = None,
     weights: str | Path = "default",
     input_size: int | None = None,
@@ -118,8 +109,11 @@ def extract(
     """Extract features of every image of ``source`` not yet in the store; return a summary.
 
     ``source``: an image folder, a CSV manifest, an HDF5 file/folder of arrays,
-    ``builtin:digits`` or an already opened :class:`Source`. Images whose rows are already in the
-    store (same content key, same extractor fingerprint) are reused, never recomputed.
+    ``builtin:digits`` or an already opened :class:`Source`. ``backbone``: a backbone name with
+    the extractor options as keywords, or an :class:`ExtractorOptions` (then the keywords
+    ``nodes`` ... ``decode`` are not given). Images whose rows are already in the store (same
+    content key, same extractor fingerprint) are reused, never recomputed. The result carries
+    the resolved :class:`~featurestore.extractor.Extractor`, so callers need not resolve again.
 
     torch is imported only when an image needs extracting, or up front when the options need a
     torch device checked (``device`` other than ``"cpu"``/``"auto"``, or ``precision="fp16"``).
@@ -127,29 +121,26 @@ def extract(
     resolved) and its ``workers`` is ``workers`` as given (0 when automatic).
     """
     start = time.perf_counter()
-    timings: dict[str, float] = {}
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    dev = None  # the torch.device, once resolved
-    if device == "cpu" or (device == "auto" and precision != "fp16"):
-        dev_type = "cpu" if device == "cpu" else None  # None: decided when there is work
+        raise OptionError(f"batch_size must be >= 1, got {batch_size}")
+    if isinstance(backbone, ExtractorOptions):
+        options = backbone
     else:
-        dev = _pipeline_module().resolve_device(device)
-        dev_type = dev.type
-    if precision == "fp16" and dev_type != "cuda":
-        raise ExtractError("--precision fp16 needs a CUDA device; on CPU use bf16 or fp32")
-    warnings: list[str] = []
-    if precision == "bf16" and dev_type == "cpu" and not cpu_supports_bf16():
-        warnings.append(_BF16_WARNING)
-    extractor = resolve(
-        backbone,
-        nodes=nodes,
-        pooling=pooling,
-        weights=weights,
-        input_size=input_size,
-        precision=precision,
-        decode=decode,
-    )
+        options = ExtractorOptions.make(
+            backbone,
+            nodes=nodes,
+            pooling=pooling,
+            weights=weights,
+            input_size=input_size,
+            precision=precision,
+            decode=decode,
+        )
+    early = runtime.device_needs_torch(device, options.precision)
+    dev = runtime.resolve_device(device) if early else None
+    dev_type = dev.type if dev is not None else ("cpu" if device == "cpu" else None)
+    warnings = runtime.precision_warnings(options.precision, dev_type)
+    extractor = resolve(options)
+    timings: dict[str, float] = {}
     t = time.perf_counter()
     src = (
         source
@@ -162,8 +153,7 @@ def extract(
     warnings += src.warnings
     if strict and skipped:
         raise ExtractError(f"{skipped[0].path}: {skipped[0].reason} (--strict)")
-    root = cache_root(cache_dir)
-    store = FeatureStore.for_spec(root, extractor.spec)
+    store = FeatureStore.for_spec(cache_root(cache_dir), extractor.spec)
     t = time.perf_counter()
     store.check()  # refuse to append to a damaged store
     have = store.keys()
@@ -181,63 +171,39 @@ def extract(
             pipeline = _pipeline_module()  # torch is imported here, and only here
             timings["import"] = time.perf_counter() - t
             if dev is None:
-                dev = pipeline.resolve_device(device)
-                if precision == "bf16" and dev.type == "cpu" and not cpu_supports_bf16():
-                    warnings.insert(0, _BF16_WARNING)
-            replica_workers = (
-                pipeline.cpu_replica_workers() if workers is None and dev.type == "cpu" else 0
+                dev = runtime.resolve_device(device)
+                warnings[:0] = runtime.precision_warnings(options.precision, dev.type)
+            plan = runtime.plan_workers(dev, workers, len(todo))
+            n_workers = plan.workers
+            log.info(
+                "extracting %d of %d images with %s",
+                len(todo),
+                len(unique),
+                extractor.backbone.name,
             )
-            n_workers = replica_workers or (
-                pipeline.default_workers(dev) if workers is None else workers
-            )
-            log.info("extracting %d of %d images with %s", len(todo), len(unique), backbone)
-            written, bad = pipeline.run_extraction(
+            stats = pipeline.run_extraction(
                 extractor,
                 todo,
                 src.loader,
                 store,
                 device=dev,
                 batch_size=batch_size,
-                workers=min(n_workers, len(todo)),
+                plan=plan,
                 strict=strict,
                 progress=progress,
                 source_name=src.name,
-                timings=timings,
-                replica_workers=replica_workers > 0,
             )
-            # A bad image is decoded once per content key: list every path holding those bytes.
-            paths_of: dict[str, list[Any]] = {}
-            for r in records:
-                paths_of.setdefault(r.key, []).append(r)
-            key_of = {r.path: r.key for r in todo}
-            skipped += [
-                Skipped(r.path, s.reason)
-                for s in bad
-                for r in paths_of.get(key_of.get(s.path, ""), [s])
-            ]
+            timings.update(stats.timings)
+            written = stats.written
+            skipped += _every_path_of(stats.skipped, records, todo)
         finished = True
     finally:
         t = time.perf_counter()
-        try:
-            store.compact()
-        except Exception as exc:
-            unwritable = isinstance(exc, StoreError) and not isinstance(exc, StoreCorruptError)
-            if finished and written == 0 and unwritable:
-                # Nothing new: every row is in the store or its journal, which readers merge.
-                # A read-only (shared) cache cannot be compacted; that can wait for a writer.
-                warnings.append(
-                    f"the journal of {store.path.name} was not merged into it ({exc}); its "
-                    "rows are read from the journal until a run that can write merges it"
-                )
-                log.warning("%s", warnings[-1])
-            elif finished:
-                raise
-            else:
-                log.exception("compaction of %s failed; the journal is kept", store.path)
+        _compact(store, finished=finished, written=written, warnings=warnings)
         timings["compact"] = time.perf_counter() - t
     return ExtractResult(
         source=src.name,
-        backbone=backbone,
+        backbone=extractor.backbone.name,
         fingerprint=extractor.fingerprint,
         store=store.path,
         n_images=len(records),
@@ -248,9 +214,41 @@ def extract(
         seconds=time.perf_counter() - start,
         feature_dim=store.feature_dim(),
         device=str(dev) if dev is not None else device,
-        precision=precision,
+        precision=options.precision,
         batch_size=batch_size,
         workers=n_workers,
         timings=timings,
         warnings=warnings,
+        extractor=extractor,
     )
+
+
+def _every_path_of(bad: list[Skipped], records: list[Record], todo: list[Record]) -> list[Skipped]:
+    """A bad image is decoded once per content key: list every path holding those bytes."""
+    paths_of: dict[str, list[Record]] = {}
+    for r in records:
+        paths_of.setdefault(r.key, []).append(r)
+    key_of = {r.path: r.key for r in todo}
+    return [
+        Skipped(r.path, s.reason) for s in bad for r in paths_of.get(key_of.get(s.path, ""), [s])
+    ]
+
+
+def _compact(store: FeatureStore, *, finished: bool, written: int, warnings: list[str]) -> None:
+    """Merge the run's journal into the store; what a failure means depends on the run."""
+    try:
+        store.compact()
+    except Exception as exc:
+        unwritable = isinstance(exc, StoreError) and not isinstance(exc, StoreCorruptError)
+        if finished and written == 0 and unwritable:
+            # Nothing new: every row is in the store or its journal, which readers merge.
+            # A read-only (shared) cache cannot be compacted; that can wait for a writer.
+            warnings.append(
+                f"the journal of {store.path.name} was not merged into it ({exc}); its "
+                "rows are read from the journal until a run that can write merges it"
+            )
+            log.warning("%s", warnings[-1])
+        elif finished:
+            raise
+        else:
+            log.exception("compaction of %s failed; the journal is kept", store.path)

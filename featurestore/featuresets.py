@@ -19,14 +19,14 @@ import numpy as np
 
 from classifiers.split import stratified_hash_split
 from classifiers.sweep import FeatureSet
-from featurestore.api import rows_for_records
+from featurestore.api import EXTRACTOR_KEYWORDS, rows_for_records
 from featurestore.datasets import Skipped, Source, SourceError, open_source
+from featurestore.options import ExtractorOptions, split_backbones
 from featurestore.pixels import DEFAULT_SIZE, pixel_rows
 
 log = logging.getLogger(__name__)
 
 EVAL_SPLITS = ("val", "validation", "test")
-EXTRACT_OPTIONS = ("nodes", "pooling", "weights", "input_size", "precision", "decode")
 
 
 @dataclass
@@ -106,35 +106,23 @@ def build_sweep_data(
     records = [r for r, u in zip(src.records, use, strict=True) if u]
     train_mask = plan.train_mask[use]
     class_names = sorted({r.label for r in records if r.label is not None})
-    sub = Source(src.name, src.kind, records, list(src.skipped), list(src.warnings), src.loader)
+    sub = src.subset(records)
     blocks: dict[str, tuple[np.ndarray, np.ndarray, dict[str, Any]]] = {}
     skipped: list[Skipped] = list(src.skipped)
-    wanted = list(dict.fromkeys([*backbones, *(p for c in combos for p in c.split("+"))]))
+    extractor_kw = {k: options.pop(k) for k in EXTRACTOR_KEYWORDS if k in options}
+    wanted = list(dict.fromkeys([*backbones, *(p for c in combos for p in split_backbones(c))]))
     for name in wanted:
         X, ok, feats = rows_for_records(
             sub,
             records,
-            backbone=name,
+            backbone=ExtractorOptions.make(name, **extractor_kw),
             cache_dir=cache_dir,
             class_names=class_names,
             progress=progress,
             **options,
         )
         skipped += [s for s in feats.skipped if s not in skipped]
-        ex = feats.extractors[0]
-        opts = {k: v for k, v in options.items() if k in EXTRACT_OPTIONS}
-        blocks[name] = (
-            X,
-            ok,
-            {
-                "backbone": name,
-                "fingerprint": ex["fingerprint"],
-                "nodes": ex["nodes"],
-                "pooling": ex["pooling"],
-                "store": ex["store"],
-                "options": _json_options(opts),
-            },
-        )
+        blocks[name] = (X, ok, feats.extractors[0].to_json())
     if pixels:
         X, ok, bad = pixel_rows(records, src.loader, size=pixel_size)
         skipped += [s for s in bad if s not in skipped]
@@ -147,7 +135,7 @@ def build_sweep_data(
     sets: list[FeatureSet] = []
     order = [*backbones, *combos] + ([f"pixels{pixel_size}"] if pixels else [])
     for name in dict.fromkeys(order):
-        parts = name.split("+") if name in combos else [name]
+        parts = split_backbones(name) if name in combos else [name]
         X = np.hstack([blocks[p][0] for p in parts])
         prov = {"extractors": [blocks[p][2] for p in parts if "pixels" not in blocks[p][2]]}
         if name.startswith("pixels") and name not in combos:
@@ -171,14 +159,3 @@ def build_sweep_data(
         paths=[r.path for r in records],
         skipped=skipped,
     )
-
-
-def _json_options(opts: dict[str, Any]) -> dict[str, Any]:
-    out = {}
-    for k, v in opts.items():
-        if isinstance(v, Path):
-            v = str(v)
-        elif isinstance(v, tuple):
-            v = list(v)
-        out[k] = v
-    return out

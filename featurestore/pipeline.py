@@ -21,7 +21,6 @@ import ctypes
 import functools
 import logging
 import math
-import os
 import platform
 import sys
 import threading
@@ -38,72 +37,15 @@ from torch.utils.data import DataLoader, Dataset, get_worker_info
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as F
 
+from featurestore import provenance
 from featurestore.datasets import ImageLoader, Record, Skipped
 from featurestore.decode import DecodeError
 from featurestore.errors import ExtractError
 from featurestore.extractor import Extractor, Preprocess
+from featurestore.runtime import WorkerPlan, cpu_plan
 from featurestore.store import FeatureStore
 
 log = logging.getLogger(__name__)
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    """``auto`` -> CUDA when present, else CPU; ``cuda`` without a GPU is an error."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ExtractError("--device cuda, but torch sees no CUDA device; use --device cpu")
-    return dev
-
-
-def _cores() -> int:
-    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, n or 1)
-
-
-def default_workers(device: torch.device) -> int:
-    """Decode worker processes: as many as the cores on CPU (at most 4), up to 8 on CUDA.
-
-    On CPU the workers share the cores with the forward pass; the OS time-slices them, which
-    costs nothing because each forward replica is single-threaded (see :func:`cpu_plan`).
-    """
-    cores = _cores()
-    if device.type == "cuda":
-        return max(1, min(8, cores - 1))
-    return max(1, min(4, cores))
-
-
-MAX_REPLICA_WORKERS = 8
-
-
-def cpu_replica_workers(threads: int | None = None) -> int:
-    """Replica worker processes for a CPU extraction with automatic workers (0: none).
-
-    One per thread of ``threads`` (default ``torch.get_num_threads()``, torch's default being the
-    core count; a caller that lowered it keeps its limit), each decoding and running its own copy
-    of the network single-threaded. Up to :data:`MAX_REPLICA_WORKERS` threads and where ``fork``
-    exists (the network travels by fork); beyond that the threaded plan of :func:`cpu_plan`
-    serves better. Single-threaded because OpenMP deadlocks in a forked child that uses more
-    than one thread once the parent has used it (measured with GNU OpenMP, torch's).
-    """
-    budget = max(1, threads or torch.get_num_threads())
-    return budget if budget <= MAX_REPLICA_WORKERS and _fork_available() else 0
-
-
-def cpu_plan(threads: int | None = None) -> tuple[int, int]:
-    """(model replicas, intra-op threads each) for a CPU forward pass on ``threads`` threads.
-
-    ``threads`` defaults to ``torch.get_num_threads()`` (torch's default is the core count;
-    a caller that lowered it keeps its limit). Data parallelism beats intra-op parallelism on
-    small machines: with one thread per replica there are no OpenMP barriers, so a decode
-    worker taking a core for a moment stalls only that replica, not every thread of the forward
-    pass (measured on 2 cores: 2 replicas x 1 thread give 1.08-1.14x the images/s of 1 model x
-    2 threads, and keep that speed with decoding beside them). Past 4, replicas get more threads.
-    """
-    budget = max(1, threads or torch.get_num_threads())
-    replicas = min(budget, 4)
-    return replicas, max(1, budget // replicas)
 
 
 # glibc mallopt parameters (malloc.h)
@@ -219,14 +161,6 @@ class _Collate:
         return [i for i, _ in good], out.permute(0, 3, 1, 2), errors
 
 
-def _collate(
-    items: list[tuple[int, torch.Tensor | None, str | None]],
-) -> tuple[list[int], torch.Tensor | None, list[tuple[int, str]]]:
-    """Collate without padding (kept for callers that batch items themselves)."""
-    idx, batch, errors = _Collate(0)(items)
-    return idx, batch, errors
-
-
 class _ReplicaCollate(_Collate):
     """In a worker process: collate, then run this process's copy of the network on the batch.
 
@@ -258,21 +192,12 @@ def _worker_init(_: int) -> None:
     torch.set_num_threads(1)
 
 
-def _fork_available() -> bool:
-    import multiprocessing
-
-    return sys.platform == "linux" and "fork" in multiprocessing.get_all_start_methods()
-
-
-def _provenance(
-    extractor: Extractor, device: torch.device, batch_size: int, workers: int, source: str
-) -> dict[str, Any]:
+def _provenance(device: torch.device, batch_size: int, workers: int, source: str) -> dict[str, Any]:
+    """What a run that wrote rows records in the store (not part of the fingerprint)."""
     import torchvision
 
-    from featurestore import __version__
-
     return {
-        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "time": provenance.now(),
         "source": source,
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device)
@@ -280,7 +205,7 @@ def _provenance(
         else platform.processor() or platform.machine(),
         "batch_size": batch_size,
         "workers": workers,
-        "featurestore": __version__,
+        "featurestore": provenance.VERSION,
         "torch": torch.__version__,
         "torchvision": torchvision.__version__,
         "python": platform.python_version(),
@@ -311,6 +236,19 @@ class _Runner:
         return rows
 
 
+@dataclass
+class RunStats:
+    """What the extraction loop did: rows written, images skipped (with reasons), seconds.
+
+    ``timings``: ``build``, ``load_wait`` (the main process waited for a batch), ``decode`` and
+    ``forward`` (seconds per replica), ``write_wait`` (waiting for the writer).
+    """
+
+    written: int
+    skipped: list[Skipped]
+    timings: dict[str, float]
+
+
 def run_extraction(
     extractor: Extractor,
     records: list[Record],
@@ -319,50 +257,45 @@ def run_extraction(
     *,
     device: torch.device,
     batch_size: int,
-    workers: int,
+    plan: WorkerPlan,
     strict: bool = False,
     progress: bool = False,
     source_name: str = "",
-    timings: dict[str, float] | None = None,
     model: torch.nn.Module | None = None,
     replicas: int | None = None,
     threads: int | None = None,
-    replica_workers: bool = False,
-) -> tuple[int, list[Skipped]]:
-    """Extract ``records`` (all assumed missing) into ``store``. Returns (rows written, skipped).
+) -> RunStats:
+    """Extract ``records`` (all assumed missing) into ``store`` as ``plan`` says.
 
-    With ``replica_workers`` (CPU, ``workers`` >= 1, ``fork``; what ``extract()`` picks with
-    automatic workers, see :func:`cpu_replica_workers`) every DataLoader worker is a replica: it
-    decodes its batch and runs its own single-threaded copy of the network on it, so the cores
-    work in parallel with no thread waiting on another and no image crossing processes; the main
-    process only writes rows. Otherwise the workers (or, with ``workers=0``, the main process)
-    decode and the main process runs the forward pass: on CPU in ``replicas`` threads of
-    ``threads`` intra-op threads (default :func:`cpu_plan`), on CUDA in two threads that keep two
-    batches in flight, copied from pinned memory without blocking. A writer thread appends each
-    batch to the store, so an interrupted run keeps every finished batch; each row is computed
-    in a zero-padded batch of ``batch_size``, so it never depends on its neighbours.
-
-    ``timings``: ``build``, ``load_wait`` (the main process waited for a batch), ``decode`` and
-    ``forward`` (seconds per replica), ``write_wait`` (waiting for the writer). On CPU the whole
-    run is inside :func:`heap_allocations`.
+    With ``plan.replicas`` (what :func:`featurestore.runtime.plan_workers` picks on a CPU with
+    automatic workers) every DataLoader worker is a replica: it decodes its batch and runs its
+    own single-threaded copy of the network on it, so the cores work in parallel with no thread
+    waiting on another and no image crossing processes; the main process only writes rows.
+    Otherwise the workers (or, with ``plan.workers == 0``, the main process) decode and the main
+    process runs the forward pass: on CPU in ``replicas`` threads of ``threads`` intra-op
+    threads (default :func:`featurestore.runtime.cpu_plan`), on CUDA in two threads that keep
+    two batches in flight, copied from pinned memory without blocking. A writer thread appends
+    each batch to the store, so an interrupted run keeps every finished batch; each row is
+    computed in a zero-padded batch of ``batch_size``, so it never depends on its neighbours.
+    On CPU the whole run is inside :func:`heap_allocations`.
     """
-    timings = timings if timings is not None else {}
-    for k in ("build", "load_wait", "decode", "forward", "write_wait"):
-        timings.setdefault(k, 0.0)
+    timings = dict.fromkeys(("build", "load_wait", "decode", "forward", "write_wait"), 0.0)
     job = _Job(
-        extractor, records, loader, store, device, batch_size, workers, strict, progress,
+        extractor, records, loader, store, device, batch_size, plan.workers, strict, progress,
         source_name, timings, model,
     )  # fmt: skip
     cpu = device.type == "cpu"
     with heap_allocations(cpu):
-        if replica_workers and cpu and workers > 0 and _fork_available():
-            return _pipeline_replica_workers(job)
-        if cpu:
-            plan = cpu_plan()
-            replicas, threads = replicas or plan[0], threads or plan[1]
-        else:  # two batches in flight: one thread's kernel launches overlap the other's GPU work
-            replicas, threads = 2, None
-        return _pipeline(job, replicas=replicas, threads=threads)
+        if plan.replicas:
+            written, skipped = _pipeline_replica_workers(job)
+        else:
+            if cpu:
+                default = cpu_plan()
+                replicas, threads = replicas or default[0], threads or default[1]
+            else:  # two batches in flight: one thread's launches overlap the other's GPU work
+                replicas, threads = 2, None
+            written, skipped = _pipeline(job, replicas=replicas, threads=threads)
+    return RunStats(written, skipped, timings)
 
 
 @dataclass
@@ -410,9 +343,7 @@ class _BatchWriter:
 
     def __init__(self, job: _Job) -> None:
         self.job = job
-        self.prov = _provenance(
-            job.extractor, job.device, job.batch_size, job.workers, job.source_name
-        )
+        self.prov = _provenance(job.device, job.batch_size, job.workers, job.source_name)
         self.written = 0
         self._pending: Future | None = None
         self._pool = ThreadPoolExecutor(max_workers=1)

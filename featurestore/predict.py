@@ -10,15 +10,13 @@ from __future__ import annotations
 import csv
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from classifiers.saved import load_head
 from featurestore.api import rows_for_records
 from featurestore.datasets import Skipped, Source, open_source
 from featurestore.errors import HeadMismatchError
-from featurestore.extractor import resolve
+from featurestore.headfile import HeadCard, load_head_card
 from featurestore.pixels import pixel_rows
 
 
@@ -48,14 +46,14 @@ class Prediction:
                 w.writerow([row[0], row[1], p, row[3] or ""])
 
 
-def check_extractors(meta: dict[str, Any]) -> None:
+def check_extractors(card: HeadCard) -> None:
     """Raise HeadMismatchError unless every recorded extractor resolves to its fingerprint."""
-    for ex in meta.get("extractors", []):
-        got = resolve(ex["backbone"], **ex.get("options", {})).fingerprint
-        if got != ex["fingerprint"]:
+    for record in card.extractors:
+        got = record.resolve().fingerprint
+        if got != record.fingerprint:
             raise HeadMismatchError(
-                f"the head was trained on {ex['backbone']} features with fingerprint "
-                f"{ex['fingerprint'][:16]}, but these options give {got[:16]} on this machine "
+                f"the head was trained on {record.backbone} features with fingerprint "
+                f"{record.fingerprint[:16]}, but these options give {got[:16]} on this machine "
                 "(different weights, preprocessing or extractor version). Re-run the sweep to "
                 "train a head for this extractor."
             )
@@ -70,33 +68,28 @@ def predict(
     progress: bool = False,
 ) -> Prediction:
     """Predict labels for ``source``'s images (one split or all) with the saved ``head``."""
-    estimator, sidecar = load_head(Path(head))  # verifies the sha256 before unpickling
-    meta = sidecar["metadata"]
-    check_extractors(meta)
+    estimator, card = load_head_card(Path(head))  # verifies the sha256 before unpickling
+    check_extractors(card)
     src = source if isinstance(source, Source) else open_source(source)
     records = src.select(split)
-    sub = Source(src.name, src.kind, records, list(src.skipped), list(src.warnings), src.loader)
-    class_names = list(meta["class_names"])
+    sub = src.subset(records)
     blocks: list[tuple[np.ndarray, np.ndarray]] = []
     skipped = list(src.skipped)
-    for ex in meta.get("extractors", []):
+    for record in card.extractors:
         X, ok, feats = rows_for_records(
             sub,
             records,
-            backbone=ex["backbone"],
+            backbone=record.options,
             cache_dir=cache_dir,
-            class_names=class_names,
+            class_names=card.class_names,
             progress=progress,
-            **ex.get("options", {}),
         )
         skipped += [s for s in feats.skipped if s not in skipped]
         blocks.append((X, ok))
-    if meta.get("pixels"):
-        X, ok, bad = pixel_rows(records, src.loader, size=int(meta["pixels"]))
+    if card.pixels:
+        X, ok, bad = pixel_rows(records, src.loader, size=card.pixels)
         skipped += [s for s in bad if s not in skipped]
         blocks.append((X, ok))
-    if not blocks:
-        raise HeadMismatchError(f"{head}: the sidecar names no extractor and no pixel size")
     ok_all = np.logical_and.reduce([ok for _, ok in blocks])
     X = np.hstack([b for b, _ in blocks])[ok_all]
     kept = [r for r, o in zip(records, ok_all, strict=True) if o]
@@ -113,8 +106,8 @@ def predict(
     return Prediction(
         paths=[r.path for r in kept],
         labels=[r.label for r in kept],
-        predicted=[class_names[int(i)] for i in pred],
+        predicted=[card.class_names[int(i)] for i in pred],
         probability=proba,
         skipped=skipped,
-        class_names=class_names,
+        class_names=card.class_names,
     )

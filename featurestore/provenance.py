@@ -18,6 +18,7 @@ from typing import Any
 
 __all__ = [
     "CORE_PACKAGES",
+    "VERSION",
     "HEAD_PACKAGES",
     "cores",
     "cpu_flags",
@@ -26,6 +27,9 @@ __all__ = [
     "now",
     "package_versions",
 ]
+
+#: featurestore's own version (``featurestore.__version__``).
+VERSION = "0.1.0"
 
 #: Packages whose versions a report or a benchmark records.
 CORE_PACKAGES = (

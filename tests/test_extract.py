@@ -92,7 +92,7 @@ def test_load_features_aligns_rows_labels_and_splits(tmp_path: Path) -> None:
     val = load_features(root, split="val", cache_dir=cache, workers=0, **TINY)
     assert train.X.shape == (8, 512) and val.X.shape == (4, 512)
     assert train.y.tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
-    store = FeatureStore(train.extractors[0]["store"])
+    store = FeatureStore(train.extractors[0].store)
     assert np.array_equal(store.read(train.keys), train.X)
     both = load_features(
         root,

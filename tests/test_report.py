@@ -13,8 +13,8 @@ from sklearn.datasets import make_classification
 from sklearn.metrics import roc_auc_score
 
 from classifiers.metrics import scores_for
-from classifiers.report import write_report
 from classifiers.sweep import FeatureSet, run_sweep
+from featurestore.report import write_report
 
 ROW_FIELDS = {
     "rank",

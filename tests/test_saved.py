@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from sklearn.datasets import make_classification
 
-from classifiers import saved
 from classifiers.heads import get_head
-from classifiers.saved import FORMAT, HeadIntegrityError, load_head, save_head, sidecar_path
+from featurestore import headfile
+from featurestore.headfile import FORMAT, HeadIntegrityError, load_head, save_head, sidecar_path
 
 METADATA = {"class_names": ["ant", "bee", "wasp"], "fingerprints": ["abc123"], "dim": 12}
 
@@ -58,7 +58,7 @@ def no_unpickling(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("joblib.load must not run on an unverified head")
 
-    monkeypatch.setattr(saved.joblib, "load", refuse)
+    monkeypatch.setattr(headfile.joblib, "load", refuse)
 
 
 def test_a_changed_byte_is_refused_before_unpickling(saved_head: Path, no_unpickling) -> None:

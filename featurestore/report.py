@@ -6,13 +6,8 @@ import csv
 import io
 import json
 import logging
-import os
-import platform
-import sys
-import tempfile
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +17,9 @@ from matplotlib.figure import Figure
 
 from classifiers.metrics import roc_points
 from classifiers.sweep import SweepResult, rank_key
+from featurestore import atomic
+from featurestore.provenance import machine as machine_facts
+from featurestore.provenance import package_versions
 
 __all__ = ["environment", "write_report"]
 
@@ -49,16 +47,11 @@ _CSV_COLUMNS = (
 
 def environment() -> dict[str, Any]:
     """Python, platform and package versions, for provenance."""
-    versions = {}
-    for name in _PACKAGES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
+    machine = machine_facts()
     return {
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-        "packages": versions,
+        "python": machine["python"],
+        "platform": machine["platform"],
+        "packages": {k: v for k, v in package_versions(_PACKAGES).items() if k != "python"},
     }
 
 
@@ -79,29 +72,11 @@ def _json_safe(value: Any) -> Any:
     return repr(value)
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _save_figure(fig: Figure, path: Path) -> None:
     FigureCanvasAgg(fig)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(buffer.getvalue())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic.write_bytes(path, buffer.getvalue())
 
 
 def _row(rank: int, result: SweepResult) -> dict[str, Any]:
@@ -327,11 +302,11 @@ def write_report(
         "leaderboard_plot": out_dir / "leaderboard.png",
     }
     document = {"title": title, "provenance": full_provenance, "notes": notes, "rows": rows}
-    _atomic_write_text(
+    atomic.write_text(
         paths["json"], json.dumps(_json_safe(document), indent=2, allow_nan=False) + "\n"
     )
-    _atomic_write_text(paths["csv"], _csv(rows))
-    _atomic_write_text(paths["markdown"], _markdown(title, rows, full_provenance, notes))
+    atomic.write_text(paths["csv"], _csv(rows))
+    atomic.write_text(paths["markdown"], _markdown(title, rows, full_provenance, notes))
     _plot_confusion(results[0], paths["confusion"])
     _plot_roc(results, paths["roc"])
     _plot_leaderboard(rows, paths["leaderboard_plot"])
