@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from featurestore.provenance import VERSION as __version__
+
 __all__ = ["__version__", "extract", "load_features", "open_source"]
 
 if TYPE_CHECKING:

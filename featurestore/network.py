@@ -168,6 +168,7 @@ class FeatureModel(nn.Module):
         self.body.to(dtype)
         if channels_last:
             self.body.to(memory_format=torch.channels_last)
+        self.eval()  # frozen: the wrapper is in eval mode as well as the body
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if images.ndim == 4:

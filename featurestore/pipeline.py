@@ -194,9 +194,7 @@ def _worker_init(_: int) -> None:
 
 def _provenance(device: torch.device, batch_size: int, workers: int, source: str) -> dict[str, Any]:
     """What a run that wrote rows records in the store (not part of the fingerprint)."""
-    import torchvision
-
-    return {
+    return {  # torch and torchvision are imported: their versions carry the build tag
         "time": provenance.now(),
         "source": source,
         "device": str(device),
@@ -205,10 +203,7 @@ def _provenance(device: torch.device, batch_size: int, workers: int, source: str
         else platform.processor() or platform.machine(),
         "batch_size": batch_size,
         "workers": workers,
-        "featurestore": provenance.VERSION,
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "python": platform.python_version(),
+        **provenance.package_versions(("featurestore", "torch", "torchvision")),
     }
 
 
