@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from featurestore.config import cache_root
-from featurestore.datasets import Record, Skipped, Source, open_source
+from featurestore.sources import Record, Skipped, Source, open_source
 from featurestore.store import FeatureStore
 
 log = logging.getLogger(__name__)

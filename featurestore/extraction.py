@@ -18,9 +18,9 @@ from types import ModuleType
 from typing import Any
 
 from featurestore.config import cache_root
-from featurestore.datasets import Record, Skipped, Source, open_source
 from featurestore.errors import ExtractError
 from featurestore.extractor import resolve
+from featurestore.sources import Record, Skipped, Source, open_source
 from featurestore.store import FeatureStore, StoreCorruptError, StoreError
 
 log = logging.getLogger(__name__)

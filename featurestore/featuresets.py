@@ -20,8 +20,8 @@ import numpy as np
 from classifiers.split import stratified_hash_split
 from classifiers.sweep import FeatureSet
 from featurestore.api import rows_for_records
-from featurestore.datasets import Skipped, Source, SourceError, open_source
 from featurestore.pixels import DEFAULT_SIZE, pixel_rows
+from featurestore.sources import Skipped, Source, SourceError, open_source
 
 log = logging.getLogger(__name__)
 

@@ -38,10 +38,10 @@ from torch.utils.data import DataLoader, Dataset, get_worker_info
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as F
 
-from featurestore.datasets import ImageLoader, Record, Skipped
 from featurestore.decode import DecodeError
 from featurestore.errors import ExtractError
 from featurestore.extractor import Extractor, Preprocess
+from featurestore.sources import ImageLoader, Record, Skipped
 from featurestore.store import FeatureStore
 
 log = logging.getLogger(__name__)

@@ -16,10 +16,10 @@ import numpy as np
 
 from classifiers.saved import load_head
 from featurestore.api import rows_for_records
-from featurestore.datasets import Skipped, Source, open_source
 from featurestore.errors import HeadMismatchError
 from featurestore.extractor import resolve
 from featurestore.pixels import pixel_rows
+from featurestore.sources import Skipped, Source, open_source
 
 
 @dataclass

@@ -14,8 +14,8 @@ import pytest
 from PIL import Image
 
 from featurestore.api import load_features
-from featurestore.datasets import open_source
 from featurestore.extraction import extract
+from featurestore.sources import open_source
 from featurestore.store import FeatureStore, verify
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
