@@ -106,7 +106,7 @@ def build_sweep_data(
     records = [r for r, u in zip(src.records, use, strict=True) if u]
     train_mask = plan.train_mask[use]
     class_names = sorted({r.label for r in records if r.label is not None})
-    sub = Source(src.name, src.kind, records, list(src.skipped), list(src.warnings), src.loader)
+    sub = src.subset(records)
     blocks: dict[str, tuple[np.ndarray, np.ndarray, dict[str, Any]]] = {}
     skipped: list[Skipped] = list(src.skipped)
     wanted = list(dict.fromkeys([*backbones, *(p for c in combos for p in c.split("+"))]))

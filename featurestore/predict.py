@@ -75,7 +75,7 @@ def predict(
     check_extractors(meta)
     src = source if isinstance(source, Source) else open_source(source)
     records = src.select(split)
-    sub = Source(src.name, src.kind, records, list(src.skipped), list(src.warnings), src.loader)
+    sub = src.subset(records)
     class_names = list(meta["class_names"])
     blocks: list[tuple[np.ndarray, np.ndarray]] = []
     skipped = list(src.skipped)
