@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from featurestore.config import cache_root
-from featurestore.sources import Record, Skipped, Source, open_source
+from featurestore.sources import Record, Skipped, SkippedFiles, Source, open_source
 from featurestore.store import FeatureStore
 
 log = logging.getLogger(__name__)
@@ -67,14 +67,14 @@ def load_features(
     names = list(class_names) if class_names is not None else src.class_names
     blocks: list[np.ndarray] = []
     extractors: list[dict[str, Any]] = []
-    skipped: list[Skipped] = list(src.skipped)
+    skipped = SkippedFiles(src.skipped)
     present: np.ndarray | None = None
     root = cache_root(cache_dir)
     resolve_keys = ("nodes", "pooling", "weights", "input_size", "precision", "decode")
     for name in _as_list(backbone):
         if extract_missing:
             result = extract(src, backbone=name, cache_dir=root, split=split, **options)
-            skipped += [s for s in result.skipped if s not in skipped]
+            skipped.update(result.skipped)
         ex = resolve(name, **{k: v for k, v in options.items() if k in resolve_keys})
         store = FeatureStore.for_spec(root, ex.spec)
         have = store.keys()
@@ -113,7 +113,7 @@ def load_features(
         class_names=names,
         split=split,
         extractors=extractors,
-        skipped=skipped,
+        skipped=list(skipped),
     )
 
 

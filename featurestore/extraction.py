@@ -20,7 +20,7 @@ from typing import Any
 from featurestore.config import cache_root
 from featurestore.errors import ExtractError
 from featurestore.extractor import resolve
-from featurestore.sources import Record, Skipped, Source, open_source
+from featurestore.sources import Record, Skipped, SkippedFiles, Source, open_source
 from featurestore.store import FeatureStore, StoreCorruptError, StoreError
 
 log = logging.getLogger(__name__)
@@ -158,7 +158,7 @@ def extract(
     )
     timings["scan"] = time.perf_counter() - t
     records = src.select(split)
-    skipped = list(src.skipped)
+    skipped = SkippedFiles(src.skipped)
     warnings += src.warnings
     if strict and skipped:
         raise ExtractError(f"{skipped[0].path}: {skipped[0].reason} (--strict)")
@@ -210,11 +210,11 @@ def extract(
             for r in records:
                 paths_of.setdefault(r.key, []).append(r)
             key_of = {r.path: r.key for r in todo}
-            skipped += [
+            skipped.update(
                 Skipped(r.path, s.reason)
                 for s in bad
                 for r in paths_of.get(key_of.get(s.path, ""), [s])
-            ]
+            )
         finished = True
     finally:
         t = time.perf_counter()
@@ -244,7 +244,7 @@ def extract(
         n_unique=len(unique),
         n_extracted=written,
         n_reused=len(unique) - len(todo),
-        skipped=skipped,
+        skipped=list(skipped),
         seconds=time.perf_counter() - start,
         feature_dim=store.feature_dim(),
         device=str(dev) if dev is not None else device,

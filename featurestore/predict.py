@@ -19,7 +19,7 @@ from featurestore.api import rows_for_records
 from featurestore.errors import HeadMismatchError
 from featurestore.extractor import resolve
 from featurestore.pixels import pixel_rows
-from featurestore.sources import Skipped, Source, open_source
+from featurestore.sources import Skipped, SkippedFiles, Source, open_source
 
 
 @dataclass
@@ -78,7 +78,7 @@ def predict(
     sub = src.subset(records)
     class_names = list(meta["class_names"])
     blocks: list[tuple[np.ndarray, np.ndarray]] = []
-    skipped = list(src.skipped)
+    skipped = SkippedFiles(src.skipped)
     for ex in meta.get("extractors", []):
         X, ok, feats = rows_for_records(
             sub,
@@ -89,11 +89,11 @@ def predict(
             progress=progress,
             **ex.get("options", {}),
         )
-        skipped += [s for s in feats.skipped if s not in skipped]
+        skipped.update(feats.skipped)
         blocks.append((X, ok))
     if meta.get("pixels"):
         X, ok, bad = pixel_rows(records, src.loader, size=int(meta["pixels"]))
-        skipped += [s for s in bad if s not in skipped]
+        skipped.update(bad)
         blocks.append((X, ok))
     if not blocks:
         raise HeadMismatchError(f"{head}: the sidecar names no extractor and no pixel size")
@@ -115,6 +115,6 @@ def predict(
         labels=[r.label for r in kept],
         predicted=[class_names[int(i)] for i in pred],
         probability=proba,
-        skipped=skipped,
+        skipped=list(skipped),
         class_names=class_names,
     )
