@@ -118,11 +118,6 @@ def test_csv_manifest_with_splits(tmp_path: Path) -> None:
     assert r.n_extracted == 4 and not r.skipped
 
 
-def test_builtin_digits_sample() -> None:
-    src = open_source("builtin:digits")
-    assert len(src.records) == 1797 and src.class_names == [str(i) for i in range(10)]
-
-
 def test_hdf5_arrays_source_detects_datasets(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     with h5py.File(tmp_path / "train_x.h5", "w") as f:
