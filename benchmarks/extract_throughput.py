@@ -58,7 +58,6 @@ from _common import (
     self_cpu_s,
 )
 
-from featurestore.datasets import Source, open_source
 from featurestore.extraction import extract
 from featurestore.extractor import resolve
 from featurestore.pipeline import (
@@ -67,6 +66,7 @@ from featurestore.pipeline import (
     cpu_replica_workers,
     heap_allocations,
 )
+from featurestore.sources import Source, open_source
 from featurestore.store import FeatureStore
 
 

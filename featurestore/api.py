@@ -11,11 +11,11 @@ from typing import Any
 import numpy as np
 
 from featurestore.config import cache_root
-from featurestore.datasets import Record, Skipped, Source, open_source
 from featurestore.errors import MissingRowsError
 from featurestore.extraction import extract
 from featurestore.extractor import Extractor, ExtractorRecord, resolve
 from featurestore.options import ExtractorOptions, split_backbones
+from featurestore.sources import Record, Skipped, SkippedFiles, Source, open_source
 from featurestore.store import FeatureStore
 
 log = logging.getLogger(__name__)
@@ -66,12 +66,12 @@ def load_features(
     extractor_kw = {k: options.pop(k) for k in EXTRACTOR_KEYWORDS if k in options}
     stores: list[FeatureStore] = []
     extractors: list[ExtractorRecord] = []
-    skipped: list[Skipped] = list(src.skipped)
+    skipped = SkippedFiles(src.skipped)
     present = np.ones(len(records), dtype=bool)
     root = cache_root(cache_dir)
     for opts in _options_list(backbone, extractor_kw):
         ex, more = _extractor_for(src, opts, root, split, extract_missing, options)
-        skipped += [s for s in more if s not in skipped]
+        skipped.update(more)
         store = FeatureStore.for_spec(root, ex.spec)
         have = store.keys()
         mask = np.array([r.key in have for r in records], dtype=bool)
@@ -100,7 +100,7 @@ def load_features(
         class_names=names,
         split=split,
         extractors=extractors,
-        skipped=skipped,
+        skipped=list(skipped),
     )
 
 

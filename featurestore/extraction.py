@@ -19,10 +19,10 @@ from typing import Any
 
 from featurestore import runtime
 from featurestore.config import cache_root
-from featurestore.datasets import Record, Skipped, Source, open_source
 from featurestore.errors import ExtractError, OptionError
 from featurestore.extractor import Extractor, resolve
 from featurestore.options import ExtractorOptions
+from featurestore.sources import Record, Skipped, SkippedFiles, Source, open_source
 from featurestore.store import FeatureStore, StoreCorruptError, StoreError
 
 log = logging.getLogger(__name__)
@@ -149,7 +149,7 @@ def extract(
     )
     timings["scan"] = time.perf_counter() - t
     records = src.select(split)
-    skipped = list(src.skipped)
+    skipped = SkippedFiles(src.skipped)
     warnings += src.warnings
     if strict and skipped:
         raise ExtractError(f"{skipped[0].path}: {skipped[0].reason} (--strict)")
@@ -195,7 +195,7 @@ def extract(
             )
             timings.update(stats.timings)
             written = stats.written
-            skipped += _every_path_of(stats.skipped, records, todo)
+            skipped.update(_every_path_of(stats.skipped, records, todo))
         finished = True
     finally:
         t = time.perf_counter()
@@ -210,7 +210,7 @@ def extract(
         n_unique=len(unique),
         n_extracted=written,
         n_reused=len(unique) - len(todo),
-        skipped=skipped,
+        skipped=list(skipped),
         seconds=time.perf_counter() - start,
         feature_dim=store.feature_dim(),
         device=str(dev) if dev is not None else device,

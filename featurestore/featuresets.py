@@ -20,9 +20,9 @@ import numpy as np
 from classifiers.split import stratified_hash_split
 from classifiers.sweep import FeatureSet
 from featurestore.api import EXTRACTOR_KEYWORDS, rows_for_records
-from featurestore.datasets import Skipped, Source, SourceError, open_source
 from featurestore.options import ExtractorOptions, split_backbones
 from featurestore.pixels import DEFAULT_SIZE, pixel_rows
+from featurestore.sources import Skipped, SkippedFiles, Source, SourceError, open_source
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ def build_sweep_data(
     class_names = sorted({r.label for r in records if r.label is not None})
     sub = src.subset(records)
     blocks: dict[str, tuple[np.ndarray, np.ndarray, dict[str, Any]]] = {}
-    skipped: list[Skipped] = list(src.skipped)
+    skipped = SkippedFiles(src.skipped)
     extractor_kw = {k: options.pop(k) for k in EXTRACTOR_KEYWORDS if k in options}
     wanted = list(dict.fromkeys([*backbones, *(p for c in combos for p in split_backbones(c))]))
     for name in wanted:
@@ -121,11 +121,11 @@ def build_sweep_data(
             progress=progress,
             **options,
         )
-        skipped += [s for s in feats.skipped if s not in skipped]
+        skipped.update(feats.skipped)
         blocks[name] = (X, ok, feats.extractors[0].to_json())
     if pixels:
         X, ok, bad = pixel_rows(records, src.loader, size=pixel_size)
-        skipped += [s for s in bad if s not in skipped]
+        skipped.update(bad)
         blocks[f"pixels{pixel_size}"] = (X, ok, {"pixels": pixel_size})
     if not blocks:
         raise ValueError("nothing to compare: give at least one backbone, combo or pixels")
@@ -157,5 +157,5 @@ def build_sweep_data(
         class_names=class_names,
         keys=[r.key for r in records],
         paths=[r.path for r in records],
-        skipped=skipped,
+        skipped=list(skipped),
     )

@@ -38,11 +38,11 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as F
 
 from featurestore import provenance
-from featurestore.datasets import ImageLoader, Record, Skipped
 from featurestore.decode import DecodeError
 from featurestore.errors import ExtractError
 from featurestore.extractor import Extractor, Preprocess
 from featurestore.runtime import WorkerPlan, cpu_plan
+from featurestore.sources import ImageLoader, Record, Skipped
 from featurestore.store import FeatureStore
 
 log = logging.getLogger(__name__)

@@ -7,8 +7,8 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image
 
-from featurestore.datasets import ImageLoader, Record, Skipped
 from featurestore.decode import DecodeError
+from featurestore.sources import ImageLoader, Record, Skipped
 
 DEFAULT_SIZE = 32
 

@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 
 from featurestore.api import rows_for_records
-from featurestore.datasets import Skipped, Source, open_source
 from featurestore.errors import HeadMismatchError
 from featurestore.headfile import HeadCard, load_head_card
 from featurestore.pixels import pixel_rows
+from featurestore.sources import Skipped, SkippedFiles, Source, open_source
 
 
 @dataclass
@@ -74,7 +74,7 @@ def predict(
     records = src.select(split)
     sub = src.subset(records)
     blocks: list[tuple[np.ndarray, np.ndarray]] = []
-    skipped = list(src.skipped)
+    skipped = SkippedFiles(src.skipped)
     for record in card.extractors:
         X, ok, feats = rows_for_records(
             sub,
@@ -84,11 +84,11 @@ def predict(
             class_names=card.class_names,
             progress=progress,
         )
-        skipped += [s for s in feats.skipped if s not in skipped]
+        skipped.update(feats.skipped)
         blocks.append((X, ok))
     if card.pixels:
         X, ok, bad = pixel_rows(records, src.loader, size=card.pixels)
-        skipped += [s for s in bad if s not in skipped]
+        skipped.update(bad)
         blocks.append((X, ok))
     ok_all = np.logical_and.reduce([ok for _, ok in blocks])
     X = np.hstack([b for b, _ in blocks])[ok_all]
@@ -108,6 +108,6 @@ def predict(
         labels=[r.label for r in kept],
         predicted=[card.class_names[int(i)] for i in pred],
         probability=proba,
-        skipped=skipped,
+        skipped=list(skipped),
         class_names=card.class_names,
     )

@@ -21,10 +21,10 @@ from click.testing import CliRunner
 from PIL import Image
 
 from featurestore.cli import main as cli
-from featurestore.datasets import SourceError, open_source
 from featurestore.decode import DecodeError, decode_bytes, decode_file
 from featurestore.extraction import ExtractError, extract
 from featurestore.keys import file_key
+from featurestore.sources import SourceError, open_source
 from featurestore.store import FeatureStore
 
 RED, BLUE = (255, 0, 0), (0, 0, 255)

@@ -14,8 +14,8 @@ import pytest
 from PIL import Image
 
 from featurestore.api import load_features
-from featurestore.datasets import open_source
 from featurestore.extraction import extract
+from featurestore.sources import open_source
 from featurestore.store import FeatureStore, verify
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
@@ -116,11 +116,6 @@ def test_csv_manifest_with_splits(tmp_path: Path) -> None:
     assert src.splits == ["test", "train"] and len(src.select("test")) == 2
     r = extract(tmp_path / "m.csv", cache_dir=tmp_path / "c", workers=0, **TINY)
     assert r.n_extracted == 4 and not r.skipped
-
-
-def test_builtin_digits_sample() -> None:
-    src = open_source("builtin:digits")
-    assert len(src.records) == 1797 and src.class_names == [str(i) for i in range(10)]
 
 
 def test_hdf5_arrays_source_detects_datasets(tmp_path: Path) -> None:

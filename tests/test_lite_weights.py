@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from featurestore.backbones import build_model
-from featurestore.datasets import open_source
 from featurestore.extractor import resolve
 from featurestore.pipeline import _ImageDataset
+from featurestore.sources import open_source
 
 HYMENOPTERA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "hymenoptera_data"
 ANT, BEE = 310, 309  # ImageNet-1k class indices

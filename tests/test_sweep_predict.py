@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from featurestore.datasets import open_source
 from featurestore.featuresets import build_sweep_data, plan_split
+from featurestore.sources import open_source
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 CLI = [sys.executable, "-m", "featurestore.cli"]

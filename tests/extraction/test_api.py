@@ -86,7 +86,7 @@ def test_rows_for_records_marks_what_could_not_be_decoded(folder: Path, tmp_path
     bad = folder / "train" / "cat" / "broken.png"
     bad.write_bytes(b"not a png")
     try:
-        from featurestore.datasets import open_source
+        from featurestore.sources import open_source
 
         src = open_source(folder)
         records = src.select("train")
