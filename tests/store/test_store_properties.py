@@ -26,7 +26,7 @@ from hypothesis.stateful import (
     rule,
 )
 
-from featurestore.store import FeatureStore, compaction, journal, verify
+from featurestore.store import FeatureStore, compaction, journal, verify, write_legacy
 
 SPEC = {"backbone": "prop", "dim": 8}
 DIM = SPEC["dim"]
@@ -218,29 +218,13 @@ def test_stores_written_with_variable_length_attributes_still_read(tmp_path: Pat
 
     import h5py
 
-    from featurestore.keys import canonical_json, fingerprint
-
     store = FeatureStore.for_spec(tmp_path, SPEC)
     keys = [_key(i) for i in range(5)]
     rows = np.stack([_row(i, 0) for i in range(5)])
-    with h5py.File(store.path, "w", libver="v110") as f:
-        f.create_dataset(
-            "features", data=rows, maxshape=(None, DIM), chunks=(5, DIM), fletcher32=True
-        )
-        f.create_dataset(
-            "keys", data=np.array(keys, dtype="S64"), maxshape=(None,), chunks=(5,), fletcher32=True
-        )
-        for name, value in {
-            "format": "featurestore-hdf5",
-            "format_version": 1,
-            "fingerprint": fingerprint(SPEC),
-            "backbone": "prop",
-            "spec": canonical_json(SPEC),
-            "provenance": "{}",
-            "n_rows": 5,
-            "feature_dim": DIM,
-        }.items():
-            f.attrs[name] = value
+    write_legacy(store.path, keys, rows, format_version=1, spec=SPEC)
+    with h5py.File(store.path, "r") as f:
+        assert f.attrs["format_version"] == 1 and f["features"].chunks == (5, DIM)
+        assert f["features"].fletcher32 and "features_crc32" not in f
         assert h5py.check_string_dtype(f.attrs.get_id("spec").dtype).length is None  # vlen
     assert verify(store.path).ok and store.keys() == set(keys)
     assert np.array_equal(store.read(keys), rows)
