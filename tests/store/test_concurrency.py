@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 from featurestore.store import FeatureStore, StoreCorruptError, StoreError, verify
+from featurestore.store.journal import Journal
 
 BATCH = 4
 TINY = {"backbone": "mobilenet_v3_small", "weights": "none", "input_size": 32}
@@ -231,12 +232,12 @@ def test_reader_without_the_lock_still_never_sees_wrong_rows(
     the store damaged or return a wrong row."""
 
     @contextlib.contextmanager
-    def no_lock(self: FeatureStore, *, exclusive: bool) -> Iterator[None]:
+    def no_lock(self: Journal, *, exclusive: bool) -> Iterator[None]:
         yield
 
     path = FeatureStore.for_spec(tmp_path, SPEC).path
     reader = FeatureStore(path)
-    monkeypatch.setattr(FeatureStore, "_locked", no_lock)  # only in this (reader) process
+    monkeypatch.setattr(Journal, "locked", no_lock)  # only in this (reader) process
     with _writers(fork_ctx, path, 2, n_batches=60, batch=8, compact_every=1) as procs:
         sizes, errors = _read_while_writing(reader, procs)
     assert len(errors) <= len(sizes) // 10 + 1, errors
@@ -288,17 +289,17 @@ def test_a_waiting_compaction_goes_before_new_readers(tmp_path: Path) -> None:
     holding, release = threading.Event(), threading.Event()
 
     def long_read() -> None:
-        with first._locked(exclusive=False):
+        with first.journal.locked(exclusive=False):
             holding.set()
             release.wait(30)
             order.append("first read ends")
 
     def compact() -> None:
-        with compactor._locked(exclusive=True):
+        with compactor.journal.locked(exclusive=True):
             order.append("compaction")
 
     def new_read() -> None:
-        with second._locked(exclusive=False):
+        with second.journal.locked(exclusive=False):
             order.append("second read")
 
     def wait_blocked(n: int) -> None:

@@ -1,7 +1,7 @@
 """Property tests of the store: random sequences of appends, compactions, reopenings and
 interrupted writes, checked after every step against a dict of what the store should hold.
 
-Interrupted writes are what a SIGKILL leaves behind (tests/test_crash.py makes them for real):
+Interrupted writes are what a SIGKILL leaves behind (tests/store/test_crash.py makes them for real):
 a half-written journal temp file, a half-written consolidated temp file, and a compaction that
 renamed its new file into place but died before deleting the journal parts it merged.
 """
@@ -26,8 +26,7 @@ from hypothesis.stateful import (
     rule,
 )
 
-import featurestore.store as store_mod
-from featurestore.store import FeatureStore, verify
+from featurestore.store import FeatureStore, compaction, journal, verify, write_legacy
 
 SPEC = {"backbone": "prop", "dim": 8}
 DIM = SPEC["dim"]
@@ -91,12 +90,12 @@ class StoreMachine(RuleBasedStateMachine):
     @rule()
     def compact_lazily(self) -> None:
         """A big store only compacts once the journal is large: nothing may change meanwhile."""
-        old = store_mod._EAGER_COMPACT_BYTES
-        store_mod._EAGER_COMPACT_BYTES = 0
+        old = compaction.EAGER_COMPACT_BYTES
+        compaction.EAGER_COMPACT_BYTES = 0
         try:
             self.store.compact()
         finally:
-            store_mod._EAGER_COMPACT_BYTES = old
+            compaction.EAGER_COMPACT_BYTES = old
 
     @rule()
     def reopen(self) -> None:
@@ -110,7 +109,7 @@ class StoreMachine(RuleBasedStateMachine):
         data = self._some_hdf5_bytes()
         self.store.parts_dir.mkdir(exist_ok=True)
         tmp = self.store.parts_dir / (
-            f".tmp-{store_mod._HOST}-{self.dead_pid}-{uuid.uuid4().hex[:12]}.h5"
+            f".tmp-{journal.HOST}-{self.dead_pid}-{uuid.uuid4().hex[:12]}.h5"
         )
         tmp.write_bytes(data[: int(len(data) * cut)])
         self.stale.add(tmp)
@@ -219,29 +218,13 @@ def test_stores_written_with_variable_length_attributes_still_read(tmp_path: Pat
 
     import h5py
 
-    from featurestore.keys import canonical_json, fingerprint
-
     store = FeatureStore.for_spec(tmp_path, SPEC)
     keys = [_key(i) for i in range(5)]
     rows = np.stack([_row(i, 0) for i in range(5)])
-    with h5py.File(store.path, "w", libver="v110") as f:
-        f.create_dataset(
-            "features", data=rows, maxshape=(None, DIM), chunks=(5, DIM), fletcher32=True
-        )
-        f.create_dataset(
-            "keys", data=np.array(keys, dtype="S64"), maxshape=(None,), chunks=(5,), fletcher32=True
-        )
-        for name, value in {
-            "format": "featurestore-hdf5",
-            "format_version": 1,
-            "fingerprint": fingerprint(SPEC),
-            "backbone": "prop",
-            "spec": canonical_json(SPEC),
-            "provenance": "{}",
-            "n_rows": 5,
-            "feature_dim": DIM,
-        }.items():
-            f.attrs[name] = value
+    write_legacy(store.path, keys, rows, format_version=1, spec=SPEC)
+    with h5py.File(store.path, "r") as f:
+        assert f.attrs["format_version"] == 1 and f["features"].chunks == (5, DIM)
+        assert f["features"].fletcher32 and "features_crc32" not in f
         assert h5py.check_string_dtype(f.attrs.get_id("spec").dtype).length is None  # vlen
     assert verify(store.path).ok and store.keys() == set(keys)
     assert np.array_equal(store.read(keys), rows)

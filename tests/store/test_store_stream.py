@@ -2,7 +2,7 @@
 store's semantics (the first occurrence of a key wins: the consolidated file, then the journal
 parts in order, then the first row of a part), checked against a dict of what the store holds.
 
-Small _BLOCK_BYTES make every read and copy go through many blocks."""
+Small BLOCK_BYTES (featurestore.store.format) make every read and copy go through many blocks."""
 
 from __future__ import annotations
 
@@ -15,8 +15,9 @@ import h5py
 import numpy as np
 import pytest
 
-import featurestore.store as store_mod
-from featurestore.store import FeatureStore, StoreCorruptError, verify
+from featurestore.store import FeatureStore, StoreCorruptError, keymatch, verify
+from featurestore.store import format as fmt
+from featurestore.store import reader as chunk_reader
 
 SPEC = {"backbone": "stream", "dim": 24}
 DIM = SPEC["dim"]
@@ -35,7 +36,7 @@ def _rows(ids: list[int], variant: int, dim: int = DIM) -> np.ndarray:
 
 @pytest.fixture(autouse=True)
 def small_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(store_mod, "_BLOCK_BYTES", 7 * DIM * 4)  # 7 rows (chunks of 7 rows)
+    monkeypatch.setattr(fmt, "BLOCK_BYTES", 7 * DIM * 4)  # 7 rows (chunks of 7 rows)
 
 
 def _journal(store: FeatureStore, batches: list[tuple[list[int], int]], model: dict) -> None:
@@ -132,13 +133,13 @@ def test_hash_collisions_fall_back_to_the_keys(
     store = FeatureStore.for_spec(tmp_path, SPEC)
     model: dict[str, np.ndarray] = {}
     _journal(store, [(list(range(30)), 0), ([3, 30, 31, 31], 1)], model)
-    real = store_mod._key_hashes
+    real = keymatch.key_hashes
 
     def colliding(keys: np.ndarray) -> np.ndarray | None:
         h = real(keys)
         return None if h is None else h % np.uint64(3)
 
-    monkeypatch.setattr(store_mod, "_key_hashes", colliding)
+    monkeypatch.setattr(keymatch, "key_hashes", colliding)
     ask = [_key(i) for i in (31, 3, 30, 0, 29, 3, 31)]
     assert np.array_equal(store.read(ask), np.stack([model[k] for k in ask]))
     assert store.compact() == 32
@@ -154,8 +155,8 @@ def test_consolidated_file_with_repeated_keys_serves_the_first_row(tmp_path: Pat
     ids = [0, 1, 2, 1, 3]
     rows = _rows(ids, 0)
     rows[3] += 100  # the second row of key 1 differs from the first
-    keys = store_mod._as_key_array([_key(i) for i in ids])
-    store_mod._write_rows(store.path, keys, rows, store._attrs({}))
+    keys = keymatch.as_key_array([_key(i) for i in ids])
+    fmt.write_rows(store.path, keys, rows, store._attrs({}))
     model = {_key(i): rows[ids.index(i)] for i in ids}
     stored = [_key(i) for i in ids]
     assert np.array_equal(store.read(stored), np.stack([model[k] for k in stored]))
@@ -168,8 +169,8 @@ def test_consolidated_file_with_repeated_keys_serves_the_first_row(tmp_path: Pat
 def small_chunks(monkeypatch: pytest.MonkeyPatch) -> FeatureStore:
     """A consolidated file of 100 rows in chunks of 7 rows (the last one partial), read in
     blocks of two chunks: every read of it spans many blocks."""
-    monkeypatch.setattr(store_mod, "_TARGET_CHUNK_BYTES", 7 * DIM * 4)
-    monkeypatch.setattr(store_mod, "_BLOCK_BYTES", 14 * DIM * 4)
+    monkeypatch.setattr(fmt, "TARGET_CHUNK_BYTES", 7 * DIM * 4)
+    monkeypatch.setattr(fmt, "BLOCK_BYTES", 14 * DIM * 4)
     return FeatureStore
 
 
@@ -196,28 +197,28 @@ def test_feature_chunks_are_checked_by_crc32_on_a_second_thread(
     with h5py.File(store.path, "r") as f:
         assert f["features"].chunks == (7, DIM) and not f["features"].fletcher32
         assert f["features_crc32"].shape == (15,)
-        layout = store_mod._Rows(f, store.path, store._corrupt)._chunk_layout()
+        layout = chunk_reader.CheckedRows(f, store.path, store=store.path)._chunk_layout()
         assert layout is not None and len(layout[1]) == 15
     if reader == "hdf5":
-        monkeypatch.setattr(store_mod._Rows, "_chunk_layout", lambda self: None)
+        monkeypatch.setattr(chunk_reader.CheckedRows, "_chunk_layout", lambda self: None)
     preads: list[int] = []
-    real_preadv = store_mod.os.preadv
+    real_preadv = chunk_reader.os.preadv
 
     def counted(fd: int, buffers: list, offset: int) -> int:
         preads.append(offset)
         return real_preadv(fd, buffers, offset)
 
-    monkeypatch.setattr(store_mod.os, "preadv", counted)
+    monkeypatch.setattr(chunk_reader.os, "preadv", counted)
     threads: list[str] = []
-    real_check = store_mod._Rows.check
+    real_check = chunk_reader.CheckedRows.check
 
-    def spy(self: store_mod._Rows, block: np.ndarray, lo: int) -> None:
+    def spy(self: chunk_reader.CheckedRows, block: np.ndarray, lo: int) -> None:
         import threading
 
         threads.append(threading.current_thread().name)
         real_check(self, block, lo)
 
-    monkeypatch.setattr(store_mod._Rows, "check", spy)
+    monkeypatch.setattr(chunk_reader.CheckedRows, "check", spy)
     stored = [_key(i) for i in range(100)]
     shuffled = list(np.random.default_rng(2).permutation(stored))
     for ask in (stored, shuffled, [_key(i) for i in (3, 50, 99, 50)]):  # 8, 8, 3 blocks

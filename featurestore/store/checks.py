@@ -1,0 +1,187 @@
+"""Damage: a full verification of a store (:func:`verify`), the quicker health check run before
+appending (:func:`check`), and the listing of unreadable chunks both use."""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from featurestore.errors import StoreCorruptError, StoreError
+from featurestore.store.compaction import EAGER_COMPACT_BYTES
+from featurestore.store.format import H5_ERRORS, attr_text, crc32
+from featurestore.store.journal import Journal, VanishedError
+from featurestore.store.reader import chunk_crcs, damaged, open_checked, read_keys, rebuild_hint
+
+log = logging.getLogger(__package__)  # "featurestore.store", as before the package split
+
+HEX = re.compile(rb"^[0-9a-f]{64}$")
+# check() verifies every feature checksum of a consolidated file up to this size (parts always).
+CHECK_FULL_BYTES = EAGER_COMPACT_BYTES
+
+
+def unreadable_chunks(ds: h5py.Dataset, crcs: np.ndarray | None = None) -> list[tuple[int, int]]:
+    """Row ranges of ``ds`` whose chunks fail to read (checksum or I/O errors) or, given the
+    chunks' ``crcs``, fail their CRC32."""
+    bad = []
+    step = ds.chunks[0] if ds.chunks else max(1, ds.shape[0])
+    for start in range(0, ds.shape[0], step):
+        stop = min(ds.shape[0], start + step)
+        try:
+            block = ds[start:stop]
+        except H5_ERRORS:
+            bad.append((start, stop))
+            continue
+        if crcs is not None and crc32(block) != int(crcs[start // step]):
+            bad.append((start, stop))
+    return bad
+
+
+def verify_features(f: h5py.File, where: Path, *, store: Path) -> None:
+    """Read every feature chunk of file ``where`` of ``store``: StoreCorruptError on damage."""
+    try:
+        bad = unreadable_chunks(f["features"], chunk_crcs(f, where))
+    except StoreCorruptError as exc:
+        raise damaged(store, where, str(exc).removeprefix(f"{where}: ")) from exc
+    except H5_ERRORS as exc:
+        raise damaged(store, where, f"features dataset unreadable ({exc})") from exc
+    if bad:
+        raise damaged(
+            store,
+            where,
+            f"{len(bad)} feature chunk(s) fail their checksum (rows {bad[0][0]}..{bad[0][1]} "
+            "first)",
+        )
+
+
+def _check_files(journal: Journal, expected: str | None) -> None:
+    for path in journal.sources():
+        with open_checked(path, expected) as f:
+            read_keys(f, path)
+            if path != journal.path or path.stat().st_size <= CHECK_FULL_BYTES:
+                verify_features(f, path, store=journal.path)
+
+
+def check(journal: Journal, expected: str | None) -> None:
+    """Health check before appending: raises :class:`StoreCorruptError` if damaged.
+
+    Every file must open with valid attributes (fingerprint ``expected`` unless None) and
+    readable keys; every journal part and a consolidated file up to 256 MiB must also pass every
+    feature chunk's checksum (a larger one is checked in full when compaction copies it). The
+    error names the damaged file and says how to rebuild.
+    """
+    try:
+        journal.shared(lambda: _check_files(journal, expected))
+    except StoreCorruptError as exc:
+        msg = str(exc)
+        if exc.file is not None and "featurestore verify" not in msg:
+            msg = f"{msg}. {rebuild_hint(journal.path, exc.file)}"
+        raise StoreCorruptError(msg, file=exc.file) from exc
+
+
+@dataclass
+class VerifyReport:
+    """Outcome of :func:`verify`: ``ok`` is False when any problem was found."""
+
+    path: Path
+    n_rows: int = 0
+    feature_dim: int = 0
+    problems: list[str] = field(default_factory=list)
+    files_checked: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "path": str(self.path),
+            "ok": self.ok,
+            "n_rows": self.n_rows,
+            "feature_dim": self.feature_dim,
+            "files_checked": self.files_checked,
+            "problems": self.problems,
+        }
+
+
+def verify(path: Path | str) -> VerifyReport:
+    """Check a store fully: attributes, shapes, every chunk's checksum, keys, duplicates.
+
+    Runs under the shared lock, so a compaction running meanwhile is never mistaken for damage.
+    """
+    try:
+        journal = Journal(path)
+    except StoreError as exc:
+        report = VerifyReport(path=Path(path))
+        report.problems.append(str(exc))
+        return report
+
+    def attempt() -> VerifyReport:
+        report = VerifyReport(path=journal.path)
+        _verify_into(journal, report)
+        return report
+
+    return journal.shared(attempt)
+
+
+def _verify_file(src: Path, f: h5py.File, report: VerifyReport, fps: set[str]) -> list[bytes]:
+    """Check open file ``src`` into ``report``; returns its keys (none if unreadable)."""
+    try:
+        fps.add(attr_text(f, "fingerprint"))
+        width = int(f["features"].shape[1])
+        report.feature_dim = report.feature_dim or width
+        if width != report.feature_dim:
+            report.problems.append(f"{src}: width {width} differs")
+        crcs = chunk_crcs(f, src)
+        for name, sums in (("features", crcs), ("keys", None)):
+            for start, stop in unreadable_chunks(f[name], sums):
+                report.problems.append(f"{src}: {name} rows {start}..{stop} unreadable")
+        keys = f["keys"][...].tolist()
+    except H5_ERRORS as exc:
+        report.problems.append(f"{src}: unreadable ({exc})")
+        return []
+    bad = [k for k in keys if not HEX.match(k)]
+    if bad:
+        report.problems.append(f"{src}: {len(bad)} malformed key(s)")
+    return keys
+
+
+def _verify_into(journal: Journal, report: VerifyReport) -> None:
+    sources = journal.sources()
+    if not sources:
+        report.problems.append(f"no store at {journal.path} (and no journal parts)")
+        return
+    all_keys: list[bytes] = []
+    fps: set[str] = set()
+    for src in sources:
+        report.files_checked += 1
+        try:
+            f = open_checked(src, None)
+        except VanishedError:
+            raise
+        except StoreError as exc:
+            report.problems.append(str(exc))
+            continue
+        with f:
+            keys = _verify_file(src, f, report, fps)
+        if src == journal.path and len(set(keys)) != len(keys):
+            report.problems.append(
+                f"{src}: {len(keys) - len(set(keys))} duplicate key(s) in consolidated rows"
+            )
+        all_keys.extend(keys)
+    if len(fps) > 1:
+        report.problems.append(f"files disagree on the fingerprint: {sorted(fps)}")
+    report.n_rows = len(set(all_keys))
+    stale = journal.main_temps() + journal.part_temps()
+    if stale:
+        log.info(
+            "%d temporary file(s) of interrupted or running writers next to %s (never "
+            "read; the next compaction deletes those whose writer is gone)",
+            len(stale),
+            journal.path,
+        )
