@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from featurestore.errors import StoreCorruptError, StoreError
+from featurestore.errors import MissingRowsError, StoreCorruptError, StoreError
 from featurestore.store.format import attr_text, json_attr
 from featurestore.store.journal import Journal, VanishedError
 from featurestore.store.keymatch import first_match
@@ -89,7 +89,7 @@ def read_rows(journal: Journal, expected: str | None, want: np.ndarray) -> np.nd
             CheckedRows(f, path, store=journal.path).read_into(src[hit], pending[hit], out)
             pending = pending[~hit]
     if len(pending):
-        raise KeyError(f"{len(pending)} of {len(want)} keys are not in {journal.path.name}")
+        raise MissingRowsError(f"{len(pending)} of {len(want)} keys are not in {journal.path.name}")
     if out is None:
         return np.empty((0, dim or 0), dtype=np.float32)
     return out

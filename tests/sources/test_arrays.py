@@ -9,14 +9,14 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from conftest import SHARED
 
 from featurestore.decode import array_to_image
 from featurestore.keys import array_key
 from featurestore.sources import SourceError, open_source
 from featurestore.sources.arrays import ArrayLoader, detect_arrays, from_hdf5, split_from
 
-REPO = Path(__file__).resolve().parents[2]
-CATVNONCAT = REPO.parent / "shared" / "datasets" / "catvnoncat"
+CATVNONCAT = SHARED / "catvnoncat"
 
 
 def _write(path: Path, **datasets: np.ndarray) -> Path:

@@ -11,13 +11,13 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conftest import SHARED
 from PIL import Image
 
 from featurestore.sources import SPLIT_NAMES, Skipped, open_source
 from featurestore.sources.folder import from_folder
 
-REPO = Path(__file__).resolve().parents[2]
-HYMENOPTERA = REPO.parent / "shared" / "datasets" / "hymenoptera_data"
+HYMENOPTERA = SHARED / "hymenoptera_data"
 
 
 def _tree(root: Path, rels: list[str]) -> None:

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
+from conftest import SHARED
 
 from featurestore.backbones import build_model
 from featurestore.extractor import resolve
 from featurestore.pipeline import _ImageDataset
 from featurestore.sources import open_source
 
-HYMENOPTERA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "hymenoptera_data"
+HYMENOPTERA = SHARED / "hymenoptera_data"
 ANT, BEE = 310, 309  # ImageNet-1k class indices
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from conftest import SHARED
 from PIL import Image
 
 from featurestore.api import load_features
@@ -18,7 +19,6 @@ from featurestore.extraction import extract
 from featurestore.sources import open_source
 from featurestore.store import FeatureStore, verify
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 TINY = {"backbone": "resnet18", "weights": "none", "input_size": 32}
 
 

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import SHARED
 from PIL import Image
 
 from featurestore.featuresets import build_sweep_data, plan_split
 from featurestore.sources import open_source
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 CLI = [sys.executable, "-m", "featurestore.cli"]
 TINY = ["--weights", "none", "--input-size", "32", "--workers", "0"]
 
