@@ -10,6 +10,7 @@ from typing import Any
 
 import click
 
+from featurestore.engines import ENGINES
 from featurestore.errors import FeatureStoreError
 from featurestore.options import DECODES, POOLINGS, PRECISIONS, ExtractorOptions
 
@@ -175,6 +176,22 @@ def _print_summary(r: Any) -> None:
 )
 @click.option(
     "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True
+)
+@click.option(
+    "--engine",
+    type=click.Choice(ENGINES),
+    default="local",
+    show_default=True,
+    help="local: this machine. ray: a Ray cluster (pip install featurestore[ray]); decoding "
+    "and forward passes run on its nodes, which write into the cache: it must be a shared "
+    "folder mounted at the same path on every node. --workers is then the number of forward "
+    "actors (default: one per GPU, else one per CPU).",
+)
+@click.option(
+    "--address",
+    default=None,
+    help="With --engine ray: the cluster (HOST:PORT, ray://HOST:PORT or auto; default "
+    "$RAY_ADDRESS, else a Ray started on this machine for the run).",
 )
 @click.option("--split", default=None, help="Extract only this split (default: all).")
 @click.option("--images-key", default=None, help="HDF5 sources: dataset holding the images.")

@@ -17,8 +17,9 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from featurestore import runtime
+from featurestore import runtime, worklist
 from featurestore.config import cache_root
+from featurestore.engines import check_engine
 from featurestore.errors import ExtractError, OptionError
 from featurestore.extractor import Extractor, resolve
 from featurestore.options import ExtractorOptions
@@ -26,6 +27,13 @@ from featurestore.sources import Record, Skipped, SkippedFiles, Source, open_sou
 from featurestore.store import FeatureStore, StoreCorruptError, StoreError
 
 log = logging.getLogger(__name__)
+
+
+def _ray_engine() -> ModuleType:
+    """:mod:`featurestore.engines.ray`, imported on first use (Ray itself only when it runs)."""
+    from featurestore.engines import ray
+
+    return ray
 
 
 def _pipeline_module() -> ModuleType:
@@ -57,6 +65,7 @@ class ExtractResult:
     timings: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     extractor: Extractor | None = field(default=None, repr=False, compare=False)
+    engine: str = "local"
 
     @property
     def images_per_s(self) -> float:
@@ -83,6 +92,7 @@ class ExtractResult:
             "workers": self.workers,
             "timings": {k: round(v, 3) for k, v in self.timings.items()},
             "warnings": self.warnings,
+            "engine": self.engine,
         }
 
 
@@ -105,6 +115,8 @@ def extract(
     split: str | None = None,
     images_key: str | None = None,
     labels_key: str | None = None,
+    engine: str = "local",
+    address: str | None = None,
 ) -> ExtractResult:
     """Extract features of every image of ``source`` not yet in the store; return a summary.
 
@@ -119,8 +131,15 @@ def extract(
     torch device checked (``device`` other than ``"cpu"``/``"auto"``, or ``precision="fp16"``).
     When nothing was extracted, the result's ``device`` is ``device`` as given (``"auto"`` is not
     resolved) and its ``workers`` is ``workers`` as given (0 when automatic).
+
+    ``engine="ray"`` runs the decoding and the forward passes on a Ray cluster
+    (:mod:`featurestore.engines.ray`; ``address`` as ``ray.init`` takes it, None: a Ray started
+    on this machine) with ``workers`` forward actors (default: one per GPU, else one per
+    CPU); the cache must be a folder shared by every node at the same path. Same rows, same
+    skipped files, one compaction at the end, as the local engine.
     """
     start = time.perf_counter()
+    check_engine(engine, address)
     if batch_size < 1:
         raise OptionError(f"batch_size must be >= 1, got {batch_size}")
     if isinstance(backbone, ExtractorOptions):
@@ -135,9 +154,10 @@ def extract(
             precision=precision,
             decode=decode,
         )
-    early = runtime.device_needs_torch(device, options.precision)
+    early = engine == "local" and runtime.device_needs_torch(device, options.precision)
     dev = runtime.resolve_device(device) if early else None
     dev_type = dev.type if dev is not None else ("cpu" if device == "cpu" else None)
+    ran_on: str | None = None  # the device type of a run on a cluster
     warnings = runtime.precision_warnings(options.precision, dev_type)
     extractor = resolve(options)
     timings: dict[str, float] = {}
@@ -156,17 +176,31 @@ def extract(
     store = FeatureStore.for_spec(cache_root(cache_dir), extractor.spec)
     t = time.perf_counter()
     store.check()  # refuse to append to a damaged store
-    have = store.keys()
-    unique: dict[str, Record] = {}
-    for r in records:
-        unique.setdefault(r.key, r)
-    todo = [r for k, r in unique.items() if k not in have]
+    n_unique, todo = worklist.missing(records, store.key_array())
     timings["lookup"] = time.perf_counter() - t
     n_workers = 0 if workers is None else workers
     written = 0
     finished = False
     try:
-        if todo:
+        if todo and engine == "ray":
+            cluster = _ray_engine().run_extraction(
+                extractor,
+                todo,
+                src.loader,
+                store,
+                address=address,
+                device=device,
+                batch_size=batch_size,
+                actors=workers,
+                strict=strict,
+                progress=progress,
+                source_name=src.name,
+            )
+            timings.update(cluster.timings)
+            written, n_workers, ran_on = cluster.written, cluster.workers, cluster.device
+            warnings[:0] = cluster.warnings
+            skipped.update(_every_path_of(cluster.skipped, records, todo))
+        elif todo:
             t = time.perf_counter()
             pipeline = _pipeline_module()  # torch is imported here, and only here
             timings["import"] = time.perf_counter() - t
@@ -178,7 +212,7 @@ def extract(
             log.info(
                 "extracting %d of %d images with %s",
                 len(todo),
-                len(unique),
+                n_unique,
                 extractor.backbone.name,
             )
             stats = pipeline.run_extraction(
@@ -207,19 +241,20 @@ def extract(
         fingerprint=extractor.fingerprint,
         store=store.path,
         n_images=len(records),
-        n_unique=len(unique),
+        n_unique=n_unique,
         n_extracted=written,
-        n_reused=len(unique) - len(todo),
+        n_reused=n_unique - len(todo),
         skipped=list(skipped),
         seconds=time.perf_counter() - start,
         feature_dim=store.feature_dim(),
-        device=str(dev) if dev is not None else device,
+        device=ran_on or (str(dev) if dev is not None else device),
         precision=options.precision,
         batch_size=batch_size,
         workers=n_workers,
         timings=timings,
         warnings=warnings,
         extractor=extractor,
+        engine=engine,
     )
 
 

@@ -92,6 +92,11 @@ class FeatureStore:
         """Every key held, consolidated or in the journal."""
         return self.journal.shared(lambda: lookup.all_keys(self.journal, self.fingerprint))
 
+    def key_array(self) -> np.ndarray:
+        """Every key held, as a fixed-width bytes array (duplicates included): the form to
+        match millions of keys with numpy (:mod:`featurestore.worklist`)."""
+        return self.journal.shared(lambda: lookup.key_array(self.journal, self.fingerprint))
+
     def read(self, keys: Sequence[str]) -> np.ndarray:
         """Rows for ``keys`` in that order, as float32 (n, D). Raises KeyError for missing keys."""
         want = as_key_array(keys)
