@@ -17,12 +17,13 @@ references (index, key, the loader's ``ref``; never pixels) and Ray Data runs tw
 
 Ray Data streams the two stages with backpressure, restarts actors that die
 (``max_restarts=-1``) and retries their batches (``max_task_retries=-1``); decode tasks are
-retried as Ray tasks are (three times by default). A batch that is retried after its part was renamed into place is
-written twice: compaction keeps one copy (the rows are the same bits). The store, not Ray, is
-the record of what is done: at the end the driver reads the store's keys again, runs the
-records still missing once more, and fails naming how many are still missing if any are; the
-caller then compacts once. A driver that crashes leaves its parts behind, and the next run
-extracts only what they do not hold.
+retried as Ray tasks are (three times by default). A batch retried after its part was renamed
+into place is written twice: compaction keeps one copy (the rows are the same bits).
+
+The store, not Ray, is the record of what is done: at the end the driver reads the store's
+keys again, runs the records still missing once more, and fails naming how many are still
+missing if any are; the caller then compacts once. A driver that crashes leaves its parts
+behind, and the next run extracts only what they do not hold.
 
 Rows equal the local path's bit for bit on the same device type and precision: same decode,
 same padding to ``batch_size``, same network build, one intra-op thread per CPU actor as in
@@ -50,9 +51,8 @@ from typing import Any
 
 import numpy as np
 
-from featurestore import provenance, runtime
+from featurestore import errors, provenance, runtime
 from featurestore.engines import RAY_INSTALL_HINT
-from featurestore import errors
 from featurestore.errors import ExtractError, FeatureStoreError, StoreCorruptError
 from featurestore.extractor import Extractor, Preprocess, resolve
 from featurestore.options import ExtractorOptions
@@ -140,7 +140,7 @@ class RayRun:
 def _require_ray() -> Any:
     try:
         import ray
-        import ray.data  # noqa: F401 - the extra is ray[data]
+        import ray.data
     except ImportError as exc:
         raise ExtractError(
             f"--engine ray needs Ray Data, which is not installed ({exc}): {RAY_INSTALL_HINT}"

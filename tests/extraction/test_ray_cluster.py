@@ -36,7 +36,7 @@ pytest.importorskip(
     "ray.data", reason='the ray engine is an optional extra: pip install "featurestore[ray]"'
 )
 
-from featurestore.store import FeatureStore, verify  # noqa: E402 - after the skip
+from featurestore.store import FeatureStore, verify
 
 N_IMAGES = 200
 BATCH = 2  # many small parts: the run is still going when the first one lands
