@@ -4,9 +4,10 @@ The driver (the process that calls :func:`featurestore.extraction.extract`) has 
 the records whose keys the store lacks. It hands them to the cluster as blocks of record
 references (index, key, the loader's ``ref``; never pixels) and Ray Data runs two stages:
 
-1. **decode** (CPU tasks): each task decodes a batch of records with the local pipeline's own
-   dataset (:class:`featurestore.pipeline._ImageDataset`: the same decode, draft mode, resize
-   and centre crop) and emits uint8 crops, or the reason an image could not be decoded;
+1. **decode** (a pool of CPU decoders that Ray Data grows with the work, up to one per CPU
+   that the forward actors leave): each decodes a batch of records with the local pipeline's
+   own dataset (:class:`featurestore.pipeline._ImageDataset`: the same decode, draft mode,
+   resize and centre crop) and emits uint8 crops, or the reason an image cannot be decoded;
 2. **forward** (an actor pool: one actor per GPU, or per CPU share): each actor resolves the
    extractor on its node, checks that the fingerprint is the driver's, builds the network
    once, and for every batch pads the crops to ``batch_size`` with the local pipeline's
@@ -16,9 +17,9 @@ references (index, key, the loader's ``ref``; never pixels) and Ray Data runs tw
    index and the decode error of each record go back to the driver.
 
 Ray Data streams the two stages with backpressure, restarts actors that die
-(``max_restarts=-1``) and retries their batches (``max_task_retries=-1``); decode tasks are
-retried as Ray tasks are (three times by default). A batch retried after its part was renamed
-into place is written twice: compaction keeps one copy (the rows are the same bits).
+(``max_restarts=-1``) and retries their batches (``max_task_retries=-1``), decoders as
+forward actors. A batch retried after its part was renamed into place is written twice:
+compaction keeps one copy (the rows are the same bits).
 
 The store, not Ray, is the record of what is done: at the end the driver reads the store's
 keys again, runs the records still missing once more, and fails naming how many are still
@@ -76,15 +77,15 @@ DECODE_PHOTO_BYTES = 12_000_000 * 3
 @dataclass(frozen=True)
 class ClusterPlan:
     """How the stages are laid out: ``actors`` forward actors of ``actor_cpus`` CPUs and
-    ``actor_gpus`` GPUs each on ``device``; decode tasks of ``decode_cpus`` CPUs each, at most
-    ``decode_tasks`` at once (None: as many as their CPUs allow)."""
+    ``actor_gpus`` GPUs each on ``device``; up to ``decoders`` decoders of ``decode_cpus``
+    CPUs each."""
 
     device: str
     actors: int
     actor_cpus: float
     actor_gpus: float
     decode_cpus: float
-    decode_tasks: int | None
+    decoders: int
     cluster_cpus: int
     cluster_gpus: int
 
@@ -100,12 +101,12 @@ def plan_cluster(resources: dict[str, float], device: str, actors: int | None) -
     ``device``: ``auto`` (CUDA when the cluster has GPUs), ``cpu`` or ``cuda``. ``actors``:
     forward actors (default: one per GPU, else one per CPU).
 
-    On GPUs each actor holds a GPU and one CPU; decode tasks take one CPU each from the rest.
-    On CPUs each actor holds one CPU and runs one intra-op thread, as a local CPU replica does,
-    and decode tasks hold no CPU of their own (at most one per CPU run at once, beside the
-    actors, as a local replica decodes beside its forward pass): were decoding to hold CPUs,
-    a cluster that lost a node could end with every CPU held by restarted actors and none left
-    to decode for them.
+    On GPUs each actor holds a GPU and one CPU; decoders take one CPU each from the rest. On
+    CPUs each actor holds one CPU and runs one intra-op thread, as a local CPU replica does, and
+    the decoders (up to one per CPU) hold no CPU of their own: they run beside the actors, as a
+    local replica decodes beside its forward pass. Were decoding to hold CPUs, a cluster that
+    lost a node could end with every CPU held by restarted actors and none left to decode for
+    them (seen on a test cluster: the run waited for ever).
     """
     cpus = int(resources.get("CPU", 0))
     gpus = int(resources.get("GPU", 0))
@@ -119,7 +120,9 @@ def plan_cluster(resources: dict[str, float], device: str, actors: int | None) -
         raise ExtractError(f"the ray engine needs at least one actor, got {actors}")
     if gpus > 0 and device != "cpu":
         n = min(actors or gpus, gpus)
-        return ClusterPlan("cuda", n, 1.0 if cpus > n else 0.0, 1.0, 1.0, None, cpus, gpus)
+        actor_cpus = 1.0 if cpus > n else 0.0
+        decoders = max(1, cpus - int(n * actor_cpus))
+        return ClusterPlan("cuda", n, actor_cpus, 1.0, 1.0, decoders, cpus, gpus)
     n = actors or cpus
     return ClusterPlan("cpu", n, min(1.0, cpus / n), 0.0, 0.0, cpus, cpus, gpus)
 
@@ -234,6 +237,18 @@ def _versions() -> dict[str, str]:
     return {k: (v or "").split("+")[0] for k, v in found.items() if k != "python"}
 
 
+class Decoder:
+    """Decode stage: a pool of long-lived decoder processes, each importing torch and opening
+    the source's files once (a fresh Ray task worker for each batch would pay both again)."""
+
+    def __init__(self, *, preprocess: Preprocess, loader: ImageLoader) -> None:
+        self.preprocess = preprocess
+        self.loader = loader
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return decode_batch(batch, preprocess=self.preprocess, loader=self.loader)
+
+
 class ForwardActor:
     """Forward stage: one actor per GPU or CPU share; builds the network once and writes one
     journal part per batch into the shared cache."""
@@ -309,7 +324,7 @@ class ForwardActor:
 
 
 def decode_memory(batch_size: int, crop: int) -> int:
-    """Bytes a decode task asks for: a full-size decoded photo (up to 12 MP of RGB, drafted
+    """Bytes a decoder asks for: a full-size decoded photo (up to 12 MP of RGB, drafted
     JPEGs far less) plus its batch of crops, twice (the output block is a copy)."""
     return DECODE_PHOTO_BYTES + 2 * batch_size * crop * crop * 3
 
@@ -329,15 +344,12 @@ def _dataset(
     per_block = _per_block(len(records), batch_size, plan.cluster_cpus)
     ds = ray.data.from_arrow(_blocks(records, per_block))
     ds = ds.map_batches(
-        decode_batch,
+        Decoder,
         batch_size=batch_size,
         batch_format="numpy",
-        fn_kwargs={"preprocess": extractor.preprocess, "loader": loader},
+        fn_constructor_kwargs={"preprocess": extractor.preprocess, "loader": loader},
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=plan.decoders),
         num_cpus=plan.decode_cpus,
-        concurrency=plan.decode_tasks,
-        # What a decode task holds. Asking for it also keeps Ray Data from fusing this stage
-        # into the actors (it fuses only stages that ask for the same resources): decoding
-        # stays on CPU tasks of its own, with backpressure between the two stages.
         memory=decode_memory(batch_size, extractor.preprocess.crop_size),
     )
     return ds.map_batches(
@@ -381,8 +393,10 @@ def _pass(
     strict: bool,
     bar: Any,
     **stage: Any,
-) -> None:
-    """Run ``records`` through the cluster once; record each decode error by position."""
+) -> set[int]:
+    """Run ``records`` through the cluster once; record each decode error by position. Returns
+    the positions that Ray Data reported done."""
+    done: set[int] = set()
     batches = _dataset(ray, records, **stage).iter_batches(batch_size=None, batch_format="numpy")
     outputs = iter(batches)
     while True:
@@ -391,7 +405,8 @@ def _pass(
         except ray.exceptions.RayError as exc:
             raise _as_user_error(exc) from None
         if out is None:
-            return
+            return done
+        done.update(out["i"].tolist())
         for i, reason in zip(out["i"].tolist(), out["error"].tolist(), strict=True):
             if reason:
                 errors[i] = reason
@@ -491,16 +506,19 @@ def run_extraction(
             for attempt in range(PASSES):
                 batch = [records[i] for i in todo]
                 found: dict[int, str] = {}
-                _pass(ray, batch, found, strict=strict, bar=bar, **stage)
+                done = _pass(ray, batch, found, strict=strict, bar=bar, **stage)
+                reported = {int(todo[i]) for i in done}
                 errors.update({int(todo[i]): reason for i, reason in found.items()})
                 todo = _still_missing(store, keys, errors)
                 if not len(todo):
                     break
                 log.warning(
-                    "pass %d: %d image(s) handed to the cluster are not in the store; "
-                    "running them again",
+                    "pass %d: %d image(s) handed to the cluster are not in the store (%d of "
+                    "them reported done by Ray Data, e.g. %s); running them again",
                     attempt + 1,
                     len(todo),
+                    len(reported.intersection(todo.tolist())),
+                    records[int(todo[0])].path,
                 )
                 bar.total += len(todo)
                 bar.refresh()

@@ -36,6 +36,7 @@ pytest.importorskip(
     "ray.data", reason='the ray engine is an optional extra: pip install "featurestore[ray]"'
 )
 
+from featurestore.extraction import extract
 from featurestore.store import FeatureStore, verify
 
 N_IMAGES = 200
@@ -158,11 +159,12 @@ def test_cluster_run_with_a_killed_actor_and_a_lost_node_matches_the_local_path(
     run_cli: Callable[..., subprocess.CompletedProcess[bytes]],
     cli_env: Callable[..., dict[str, str]],
     tiny_cli_args: list[str],
+    tiny_backbone: dict[str, Any],
 ) -> None:
     local_cache, ray_cache = tmp_path / "local", tmp_path / "ray"
-    for cache in (local_cache, ray_cache):
-        code, pre = _extract(run_cli, prefill, cache, tiny_cli_args)
-        assert (code, pre["extracted"]) == (0, PREFILLED)
+    pre = extract(prefill, cache_dir=local_cache, batch_size=BATCH, workers=0, **tiny_backbone)
+    assert (pre.n_extracted, pre.skipped) == (PREFILLED, [])
+    shutil.copytree(local_cache, ray_cache)
     local_code, local = _extract(run_cli, images, local_cache, tiny_cli_args)
     assert local_code == 3 and local["reused"] == PREFILLED and local["skipped"] == 5
 

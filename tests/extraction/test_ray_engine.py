@@ -41,18 +41,18 @@ BATCH = 4
 
 
 # ---------------------------------------------------------------------------- the plan
-def test_gpus_get_one_actor_each_and_decoding_takes_the_other_cpus() -> None:
+def test_gpus_get_one_actor_each_and_decoders_take_the_other_cpus() -> None:
     plan = plan_cluster({"CPU": 64, "GPU": 8}, "auto", None)
     assert (plan.device, plan.actors, plan.actor_gpus, plan.actor_cpus) == ("cuda", 8, 1.0, 1.0)
-    assert (plan.decode_cpus, plan.decode_tasks) == (1.0, None)
+    assert (plan.decode_cpus, plan.decoders) == (1.0, 56)
     assert plan_cluster({"CPU": 64, "GPU": 8}, "cuda", 3).actors == 3
     assert plan_cluster({"CPU": 64, "GPU": 8}, "auto", 20).actors == 8  # one GPU each at most
 
 
-def test_cpus_get_one_single_threaded_actor_each_and_decoding_holds_no_cpu() -> None:
+def test_cpus_get_one_single_threaded_actor_each_and_decoders_hold_no_cpu() -> None:
     plan = plan_cluster({"CPU": 3}, "auto", None)
     assert (plan.device, plan.actors, plan.actor_cpus, plan.threads) == ("cpu", 3, 1.0, 1)
-    assert (plan.decode_cpus, plan.decode_tasks) == (0.0, 3)
+    assert (plan.decode_cpus, plan.decoders) == (0.0, 3)
     assert plan_cluster({"CPU": 16, "GPU": 2}, "cpu", None).device == "cpu"
     shared = plan_cluster({"CPU": 2}, "cpu", 4)  # more actors than CPUs: they share them
     assert (shared.actors, shared.actor_cpus, shared.threads) == (4, 0.5, 1)
