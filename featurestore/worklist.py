@@ -23,7 +23,7 @@ from featurestore.sources import Record
 from featurestore.store.format import KEY_DTYPE
 from featurestore.store.keymatch import as_key_array, first_match, key_hashes
 
-__all__ = ["missing", "record_keys"]
+__all__ = ["held", "missing", "record_keys"]
 
 CHUNK = 1 << 20  # keys compared at once when checking hash matches
 
@@ -94,6 +94,13 @@ def _held(records: Sequence[Record], h: np.ndarray, have: np.ndarray) -> np.ndar
     for i in cand[~eq]:  # the hash is held by another key: look for this one itself
         held[i] = bool(np.any(have == record_keys([records[i]])[0]))
     return held
+
+
+def held(records: Sequence[Record], have: np.ndarray) -> np.ndarray:
+    """Mask of the records whose key is in ``have`` (the store's keys, any order)."""
+    if not len(records) or not len(have):
+        return np.zeros(len(records), dtype=bool)
+    return _held(records, _record_hashes(records), have.astype(KEY_DTYPE, copy=False))
 
 
 def missing(records: Sequence[Record], have: np.ndarray) -> tuple[int, list[Record]]:

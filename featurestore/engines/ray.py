@@ -53,7 +53,7 @@ from typing import Any
 
 import numpy as np
 
-from featurestore import errors, provenance, runtime
+from featurestore import errors, provenance, runtime, worklist
 from featurestore.engines import RAY_INSTALL_HINT
 from featurestore.errors import ExtractError, FeatureStoreError, StoreCorruptError
 from featurestore.extractor import Extractor, Preprocess, resolve
@@ -61,7 +61,6 @@ from featurestore.options import ExtractorOptions
 from featurestore.sources import ImageLoader, Record, Skipped
 from featurestore.store import FeatureStore
 from featurestore.store.journal import write_error
-from featurestore.store.keymatch import as_key_array, first_match
 
 log = logging.getLogger(__name__)
 
@@ -451,9 +450,11 @@ def _as_user_error(exc: BaseException) -> FeatureStoreError:
     return ExtractError(f"the Ray cluster failed: {first.strip()}; rows written are kept")
 
 
-def _still_missing(store: FeatureStore, keys: np.ndarray, errors: dict[int, str]) -> np.ndarray:
-    """Positions of ``keys`` that the store lacks and that were not skipped."""
-    lacking = first_match(store.key_array(), keys) < 0
+def _still_missing(
+    store: FeatureStore, records: Sequence[Record], errors: dict[int, str]
+) -> np.ndarray:
+    """Positions of ``records`` whose keys the store lacks and that were not skipped."""
+    lacking = ~worklist.held(records, store.key_array())
     if errors:
         lacking[list(errors)] = False
     return np.flatnonzero(lacking)
@@ -494,7 +495,6 @@ def run_extraction(
         warnings = runtime.precision_warnings(extractor.precision, plan.device)
         log.info("ray engine: %s", plan)
         _quiet_ray_data(ray)
-        keys = as_key_array([r.key for r in records])
         errors: dict[int, str] = {}
         todo = np.arange(len(records))
         stage = {
@@ -520,7 +520,7 @@ def run_extraction(
                 done = _pass(ray, batch, found, strict=strict, bar=bar, **stage)
                 reported = {int(todo[i]) for i in done}
                 errors.update({int(todo[i]): reason for i, reason in found.items()})
-                todo = _still_missing(store, keys, errors)
+                todo = _still_missing(store, records, errors)
                 if not len(todo):
                     break
                 log.warning(
