@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 from _common import bench_dir, machine, photo_variants, print_machine, print_table
 
+from featurestore.engines.ray import BATCHES_PER_PART
 from featurestore.extraction import extract
 from featurestore.store import FeatureStore
 
@@ -84,7 +85,7 @@ def model_rows(per_image_s: float, fixed_s: float, batch_size: int) -> list[dict
                 "workers": workers,
                 "img/s (model)": rate,
                 "100M images (model)": f"{seconds / 3600:.1f} h",
-                "parts/s written": rate / batch_size,
+                "parts/s written": rate / (batch_size * BATCHES_PER_PART),
             }
         )
     return rows
@@ -101,9 +102,8 @@ def main() -> None:
     info = machine()
     print_machine(info)
     folder = photo_variants(args.images, bench_dir() / f"photos-{args.images}")
-    print(
-        f"images: {args.images} JPEGs from {folder}; backbone {args.backbone}, batch {args.batch_size}"
-    )
+    print(f"images: {args.images} JPEGs from {folder}")
+    print(f"backbone {args.backbone}, batch {args.batch_size}")
     with tempfile.TemporaryDirectory() as tmp:
         local = run("local", folder, Path(tmp) / "local", args)
         load_before_ray = os.getloadavg()[0]
