@@ -66,14 +66,14 @@ log = logging.getLogger(__name__)
 
 __all__ = ["ClusterPlan", "RayRun", "plan_cluster", "run_extraction"]
 
-#: Batches per input block at most: a block is what one decode task reads.
+#: Batches per input block (of record references) at most.
 MAX_BATCHES_PER_BLOCK = 32
 #: Batches per journal part: an actor runs this many padded batches per call and writes their
 #: rows as one part (at batch 32, 1280-d: 1.25 MiB), 8x fewer files than a part per batch.
 BATCHES_PER_PART = 8
 #: Passes over records still missing from the store after a pass (the first included).
 PASSES = 2
-#: The largest decoded photo a decode task is expected to hold (12 MP, RGB).
+#: The largest decoded photo a decoder is expected to hold (12 MP, RGB).
 DECODE_PHOTO_BYTES = 12_000_000 * 3
 
 
@@ -167,8 +167,27 @@ def _connected(ray: Any, address: str | None) -> Iterator[None]:
         yield
 
 
+def check_reachable(address: str | None, timeout: float = 10.0) -> None:
+    """Fail at once, in one line, when ``address`` (``HOST:PORT`` or ``ray://HOST:PORT``)
+    does not answer: Ray itself retries a wrong address for minutes. ``auto``, ``local`` and
+    None are left to Ray."""
+    if address is None or address in ("auto", "local"):
+        return
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit():
+        raise ExtractError(f"--address {address!r}: expected HOST:PORT, ray://HOST:PORT or auto")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise ExtractError(
+            f"cannot reach the Ray cluster at {address} ({exc.strerror or exc}); is its head "
+            "node running (ray start --head) and the port open?"
+        ) from None
+
+
 @contextlib.contextmanager
 def _connection(ray: Any, address: str | None) -> Iterator[None]:
+    check_reachable(address)
     kwargs: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.WARNING}
     if address is None and not os.environ.get("RAY_ADDRESS"):
         kwargs["include_dashboard"] = False
@@ -254,8 +273,9 @@ class Decoder:
 
 
 class ForwardActor:
-    """Forward stage: one actor per GPU or CPU share; builds the network once and writes one
-    journal part per batch into the shared cache."""
+    """Forward stage: one actor per GPU or CPU share; builds the network once, runs each call's
+    records in zero-padded batches of ``batch_size`` and writes their rows into the shared
+    cache as one journal part."""
 
     def __init__(
         self,
@@ -350,7 +370,7 @@ def _dataset(
     batch_size: int,
     source_name: str,
 ) -> Any:
-    """The Ray Data pipeline: record blocks -> decode tasks -> forward actors."""
+    """The Ray Data pipeline: record blocks -> decoders -> forward actors."""
     per_block = _per_block(len(records), batch_size, plan.cluster_cpus)
     ds = ray.data.from_arrow(_blocks(records, per_block))
     ds = ds.map_batches(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import socket
 import subprocess
 import sys
 from collections.abc import Callable
@@ -29,6 +30,7 @@ from featurestore.engines.ray import (
     ForwardActor,
     _as_user_error,
     _versions,
+    check_reachable,
     decode_batch,
     plan_cluster,
 )
@@ -165,6 +167,23 @@ def test_a_featurestore_error_raised_on_a_node_comes_back_as_itself() -> None:
     assert type(err) is ExtractError and str(err) == "node b: no cache"
     other = _as_user_error(RuntimeError("\nraylet died\nmore"))
     assert type(other) is ExtractError and "raylet died" in str(other)
+
+
+def test_an_address_that_does_not_answer_fails_at_once_in_one_line() -> None:
+    with socket.socket() as sock:  # a port on this machine that nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    for address in (f"127.0.0.1:{port}", f"ray://127.0.0.1:{port}"):
+        with pytest.raises(ExtractError, match="cannot reach the Ray cluster"):
+            check_reachable(address, timeout=2)
+    with pytest.raises(ExtractError, match="expected HOST:PORT"):
+        check_reachable("head-node")
+    check_reachable("auto")
+    check_reachable(None)
+    with socket.socket() as server:  # a port that answers
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        check_reachable(f"127.0.0.1:{server.getsockname()[1]}", timeout=2)
 
 
 def test_unknown_engines_and_an_address_without_ray_are_refused(
