@@ -188,7 +188,9 @@ def check_reachable(address: str | None, timeout: float = 10.0) -> None:
 @contextlib.contextmanager
 def _connection(ray: Any, address: str | None) -> Iterator[None]:
     check_reachable(address)
-    kwargs: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.WARNING}
+    # Ray's start-up notices (token authentication, "connecting to ...") only with -v
+    level = logging.INFO if log.isEnabledFor(logging.INFO) else logging.ERROR
+    kwargs: dict[str, Any] = {"log_to_driver": False, "logging_level": level}
     if address is None and not os.environ.get("RAY_ADDRESS"):
         kwargs["include_dashboard"] = False
     try:
