@@ -24,11 +24,21 @@ def _one_line(exc: BaseException) -> str:
 class _Commands(click.Group):
     """Every command's :class:`FeatureStoreError` (and an ``OSError`` from the system, such
     as a full disk) ends as one line on stderr and its exit code, never a traceback; anything
-    else is a bug and keeps its traceback."""
+    else is a bug and keeps its traceback. Ctrl-C exits 130 and SIGTERM (during an extraction,
+    :class:`~featurestore.runtime.Terminated`) 143, with one line."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except KeyboardInterrupt as exc:
+            code = getattr(exc, "exit_code", EXIT_INTERRUPTED)
+            what = "SIGTERM" if code != EXIT_INTERRUPTED else "Ctrl-C"
+            click.echo(
+                f"interrupted ({what}): finished work is kept (extracted rows stay in the "
+                "cache); run the same command again to resume",
+                err=True,
+            )
+            ctx.exit(code)
         except FeatureStoreError as exc:
             click.echo(f"error: {_one_line(exc)}", err=True)
             ctx.exit(exc.exit_code)

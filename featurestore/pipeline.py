@@ -21,6 +21,7 @@ import ctypes
 import functools
 import logging
 import math
+import os
 import platform
 import sys
 import threading
@@ -41,7 +42,7 @@ from featurestore import provenance
 from featurestore.decode import DecodeError
 from featurestore.errors import ExtractError
 from featurestore.extractor import Extractor, Preprocess
-from featurestore.runtime import WorkerPlan, cpu_plan
+from featurestore.runtime import WorkerPlan, cpu_plan, die_with_parent, worker_signals
 from featurestore.sources import ImageLoader, Record, Skipped
 from featurestore.store import FeatureStore
 
@@ -188,8 +189,40 @@ class _ReplicaCollate(_Collate):
         return idx, rows, errors, decode_s, time.perf_counter() - t
 
 
-def _worker_init(_: int) -> None:
-    torch.set_num_threads(1)
+class _WorkerInit:
+    """A DataLoader worker's start: one torch thread, the signals of a worker
+    (:func:`~featurestore.runtime.worker_signals`), and an end tied to the extracting process
+    ``parent`` (:func:`~featurestore.runtime.die_with_parent`): a worker never outlives it, even
+    when it is killed with SIGKILL."""
+
+    def __init__(self, parent: int) -> None:
+        self.parent = parent
+
+    def __call__(self, _: int) -> None:
+        torch.set_num_threads(1)
+        worker_signals()
+        die_with_parent(self.parent)
+
+
+def _stop_workers(batches: Any) -> None:
+    """Shut the DataLoader's worker processes down now: torch does it when the iterator is
+    collected, which an exception's traceback (a Ctrl-C, a SIGTERM) can delay indefinitely."""
+    shutdown = getattr(batches, "_shutdown_workers", None)
+    if shutdown is not None:
+        shutdown()
+
+
+def _worker_died(exc: RuntimeError) -> ExtractError | None:
+    """The error for a DataLoader worker that ended unexpectedly (killed, e.g. out of memory),
+    or None when ``exc`` is something else."""
+    msg = " ".join(str(exc).split())
+    if isinstance(exc, ExtractError) or "DataLoader worker" not in msg:
+        return None
+    return ExtractError(
+        f"a worker process ended unexpectedly ({msg}); if the system ran out of memory, use "
+        "fewer --workers or a smaller --batch-size. Rows of finished batches are kept: run "
+        "again to resume"
+    )
 
 
 def _provenance(device: torch.device, batch_size: int, workers: int, source: str) -> dict[str, Any]:
@@ -377,7 +410,7 @@ def _pipeline_replica_workers(job: _Job) -> tuple[int, list[Skipped]]:
         num_workers=job.workers,
         collate_fn=_ReplicaCollate(job.batch_size, dataset, model),
         prefetch_factor=2,
-        worker_init_fn=_worker_init,
+        worker_init_fn=_WorkerInit(os.getpid()),
         multiprocessing_context=multiprocessing.get_context("fork"),  # the model comes along
     )
     skipped: list[Skipped] = []
@@ -401,9 +434,14 @@ def _pipeline_replica_workers(job: _Job) -> tuple[int, list[Skipped]]:
                     job.skip(skipped, i, reason)
                 bar.update(len(idx) + len(errors))
             writer.wait()
+    except RuntimeError as exc:
+        died = _worker_died(exc)
+        if died is None:
+            raise
+        raise died from exc
     finally:
         bar.close()
-        del batches  # shuts the workers down
+        _stop_workers(batches)
     job.timings["decode"] += decode_s / job.workers
     job.timings["forward"] += forward_s / job.workers
     return writer.written, skipped
@@ -422,14 +460,14 @@ def _pipeline(job: _Job, *, replicas: int, threads: int | None) -> tuple[int, li
         collate_fn=_Collate(job.batch_size),
         pin_memory=job.device.type == "cuda",
         prefetch_factor=4 if workers > 0 else None,
-        worker_init_fn=_worker_init if workers > 0 else None,
+        worker_init_fn=_WorkerInit(os.getpid()) if workers > 0 else None,
     )
     batches = iter(dl)  # workers start decoding now, while the model is being built
     t0 = time.perf_counter()
     try:
         model = job.model if job.model is not None else job.extractor.build(job.device)
     except BaseException:
-        del batches  # stop the workers
+        _stop_workers(batches)
         raise
     job.timings["build"] += time.perf_counter() - t0
     runner = _Runner(model, job.device, threads)
@@ -474,10 +512,15 @@ def _pipeline(job: _Job, *, replicas: int, threads: int | None) -> tuple[int, li
             while inflight:
                 finish_oldest()
             writer.wait()
+    except RuntimeError as exc:
+        died = _worker_died(exc)
+        if died is None:
+            raise
+        raise died from exc
     finally:
         bar.close()
         torch.set_num_threads(saved_threads)
-        del batches  # shuts the workers down
+        _stop_workers(batches)
     job.timings["forward"] += runner.busy / replicas
     log.debug(
         "extraction loop %.2fs with %d replica(s) x %s thread(s), %d worker(s)",
