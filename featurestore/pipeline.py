@@ -225,6 +225,21 @@ def _worker_died(exc: RuntimeError) -> ExtractError | None:
     )
 
 
+def _nonfinite_error(job: _Job, idx: list[int], rows: np.ndarray, kept: int) -> ExtractError:
+    """The error for a batch whose rows hold NaN or infinite values."""
+    finite = np.isfinite(rows).all(axis=1)
+    bad = [job.records[i].path for i, ok in zip(idx, finite, strict=True) if not ok]
+    ext = job.extractor
+    hint = "" if ext.precision == "fp32" else ", or use --precision fp32"
+    before = f"the {kept} rows stored before it are kept" if kept else "nothing was stored"
+    return ExtractError(
+        f"the network gives non-finite rows (NaN or infinity) for {len(bad)} of {len(idx)} "
+        f"images of a batch, e.g. {bad[0]}; check the weights ({ext.backbone.name}, --weights "
+        f"{ext.options.weights}){hint}. Such rows are never stored: nothing of that batch was "
+        f"written, {before}"
+    )
+
+
 def _provenance(device: torch.device, batch_size: int, workers: int, source: str) -> dict[str, Any]:
     """What a run that wrote rows records in the store (not part of the fingerprint)."""
     return {  # torch and torchvision are imported: their versions carry the build tag
@@ -389,7 +404,11 @@ class _BatchWriter:
         self.job.timings["write_wait"] += time.perf_counter() - t
 
     def write(self, idx: list[int], rows: np.ndarray) -> None:
+        """Hand one batch to the writer thread; ExtractError (nothing handed) when a row is
+        not finite: such rows are never stored."""
         self.wait()
+        if not np.isfinite(rows).all():
+            raise _nonfinite_error(self.job, idx, rows, self.written)
         keys = [self.job.records[i].key for i in idx]
         self._pending = self._pool.submit(self.job.store.append, keys, rows, provenance=self.prov)
         self.written += len(idx)
@@ -502,8 +521,9 @@ def _pipeline(job: _Job, *, replicas: int, threads: int | None) -> tuple[int, li
                         inflight.append((pool.submit(runner, batch, len(idx)), idx))
                     bar.update(len(idx) + len(errors))
             except ExtractError:
-                while inflight:  # keep the batches already computed
-                    finish_oldest()
+                with contextlib.suppress(ExtractError):  # a non-finite batch ends the keeping
+                    while inflight:  # keep the batches already computed
+                        finish_oldest()
                 raise
             except BaseException:
                 for fut, _ in inflight:
