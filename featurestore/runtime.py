@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BF16_WARNING",
+    "DEVICE_TYPES",
     "EXIT_TERMINATED",
     "MAX_REPLICA_WORKERS",
     "Terminated",
@@ -86,8 +87,13 @@ def precision_warnings(precision: str, device_type: str | None) -> list[str]:
     return []
 
 
+DEVICE_TYPES = ("cpu", "cuda")  # what the extraction loop runs on
+
+
 def resolve_device(device: str = "auto") -> torch.device:
-    """``auto`` -> CUDA when present, else CPU; ``cuda`` without a GPU is an error."""
+    """``auto`` -> CUDA when present, else CPU; ``cpu`` or ``cuda[:N]`` as given. Anything else
+    (another device type, ``cuda`` without a GPU, a GPU index torch does not see) is an
+    ExtractError before any work."""
     import torch
 
     if device == "auto":
@@ -96,8 +102,16 @@ def resolve_device(device: str = "auto") -> torch.device:
         dev = torch.device(device)
     except RuntimeError as exc:
         raise ExtractError(f"--device {device!r}: {exc}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ExtractError("--device cuda, but torch sees no CUDA device; use --device cpu")
+    if dev.type not in DEVICE_TYPES:
+        raise ExtractError(f"--device {device!r}: featurestore extracts on cpu or cuda[:N]")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ExtractError("--device cuda, but torch sees no CUDA device; use --device cpu")
+        count = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= count:
+            raise ExtractError(
+                f"--device {device!r}: torch sees {count} CUDA device(s), numbered from 0"
+            )
     return dev
 
 
