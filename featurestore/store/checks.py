@@ -21,6 +21,7 @@ import numpy as np
 from featurestore.errors import StoreCorruptError, StoreError
 from featurestore.store.compaction import EAGER_COMPACT_BYTES
 from featurestore.store.format import H5_ERRORS, attr_text, crc32, nonfinite_rows
+from featurestore.store.identify import identify
 from featurestore.store.journal import Journal, VanishedError
 from featurestore.store.reader import chunk_crcs, damaged, open_checked, read_keys, rebuild_hint
 
@@ -119,8 +120,12 @@ def check(journal: Journal, expected: str | None) -> None:
     Every file must open with valid attributes (fingerprint ``expected`` unless None) and
     readable keys; every journal part and a consolidated file up to 256 MiB must also pass every
     feature chunk's checksum (a larger one is checked in full when compaction copies it). The
-    error names the damaged file and says how to rebuild.
+    error names the damaged file and says how to rebuild. A file where the cache directory or
+    the journal folder belongs is a StoreError, found before any work.
     """
+    problem = journal.layout_problem()
+    if problem is not None:
+        raise StoreError(problem)
     try:
         journal.shared(lambda: _check_files(journal, expected))
     except StoreCorruptError as exc:
@@ -156,16 +161,14 @@ class VerifyReport:
 
 
 def verify(path: Path | str) -> VerifyReport:
-    """Check a store fully: attributes, shapes, every chunk's checksum, keys, duplicates.
+    """Check a store fully: attributes, shapes, every chunk's checksum, keys, duplicates, rows
+    that are not finite.
 
-    Runs under the shared lock, so a compaction running meanwhile is never mistaken for damage.
+    Raises NotAStoreError when ``path`` is not a store at all (:func:`identify`): only a store
+    is ever reported damaged. Runs under the shared lock, so a compaction running meanwhile is
+    never mistaken for damage.
     """
-    try:
-        journal = Journal(path)
-    except StoreError as exc:
-        report = VerifyReport(path=Path(path))
-        report.problems.append(str(exc))
-        return report
+    journal = Journal(identify(path))
 
     def attempt() -> VerifyReport:
         report = VerifyReport(path=journal.path)
@@ -201,9 +204,11 @@ def _verify_file(src: Path, f: h5py.File, report: VerifyReport, fps: set[str]) -
 
 
 def _verify_into(journal: Journal, report: VerifyReport) -> None:
+    problem = journal.layout_problem()
+    if problem is not None:
+        report.problems.append(problem)
     sources = journal.sources()
-    if not sources:
-        report.problems.append(f"no store at {journal.path} (and no journal parts)")
+    if not sources:  # only an empty journal folder (a first run stopped early): no rows, no damage
         return
     all_keys: list[bytes] = []
     fps: set[str] = set()
