@@ -17,6 +17,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -342,12 +343,18 @@ def test_each_mechanism_alone_ends_an_orphan(how: str, tmp_path: Path) -> None:
 
 def test_sigterm_raises_terminated_only_where_it_may() -> None:
     """In the main thread, with SIGTERM at its default action: SIGTERM raises Terminated (a
-    KeyboardInterrupt, exit code 143) and the handler is put back afterwards; a program that
-    handles SIGTERM itself keeps its handler."""
+    KeyboardInterrupt, exit code 143), a second one would end the process, and the handler is
+    put back afterwards; a program that handles SIGTERM itself keeps its handler, and outside
+    the main thread nothing changes."""
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
     with pytest.raises(runtime.Terminated) as caught, runtime.sigterm_interrupts():
-        os.kill(os.getpid(), signal.SIGTERM)
-        time.sleep(5)  # the handler raises here, at once
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the handler raises here, at once
+        except runtime.Terminated:
+            # while the run stops, a second SIGTERM takes its default action: it ends the process
+            assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+            raise
     assert isinstance(caught.value, KeyboardInterrupt) and caught.value.exit_code == 143
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
 
@@ -360,3 +367,14 @@ def test_sigterm_raises_terminated_only_where_it_may() -> None:
         assert seen == [signal.SIGTERM]
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+    handlers: list[object] = []
+
+    def in_a_thread() -> None:
+        with runtime.sigterm_interrupts():
+            handlers.append(signal.getsignal(signal.SIGTERM))
+
+    thread = threading.Thread(target=in_a_thread)
+    thread.start()
+    thread.join()
+    assert handlers == [signal.SIG_DFL]
