@@ -496,8 +496,15 @@ def _pipeline(job: _Job, *, replicas: int, threads: int | None) -> tuple[int, li
     bar = job.progress_bar()
 
     def finish_oldest() -> None:
-        fut, idx = inflight.popleft()
-        writer.write(idx, fut.result())
+        """Hand the oldest batch to the writer once computed. It leaves ``inflight`` only then
+        (or when refused), so a Ctrl-C while waiting for it keeps it (see below)."""
+        fut, idx = inflight[0]
+        try:
+            writer.write(idx, fut.result())
+        except ExtractError:
+            inflight.popleft()  # refused (rows not finite): never stored
+            raise
+        inflight.popleft()
 
     t_run = time.perf_counter()
     try:
@@ -524,6 +531,14 @@ def _pipeline(job: _Job, *, replicas: int, threads: int | None) -> tuple[int, li
                 with contextlib.suppress(ExtractError):  # a non-finite batch ends the keeping
                     while inflight:  # keep the batches already computed
                         finish_oldest()
+                raise
+            except KeyboardInterrupt:  # Ctrl-C or SIGTERM: batches not started are dropped;
+                # those already running finish anyway (leaving the pool waits for them): kept
+                running = [(fut, idx) for fut, idx in inflight if not fut.cancel()]
+                inflight.clear()
+                with contextlib.suppress(Exception):  # a failed or non-finite one: the rest lost
+                    for fut, idx in running:
+                        writer.write(idx, fut.result())
                 raise
             except BaseException:
                 for fut, _ in inflight:

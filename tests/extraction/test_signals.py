@@ -11,6 +11,7 @@ copy of the network; automatic workers on a CPU) and decoders (``--workers N``).
 
 from __future__ import annotations
 
+import _thread
 import contextlib
 import json
 import os
@@ -24,7 +25,9 @@ from pathlib import Path
 from typing import Any
 
 import h5py
+import numpy as np
 import pytest
+import torch
 
 from featurestore import runtime
 from featurestore.store import verify
@@ -290,6 +293,71 @@ def test_a_worker_killed_on_its_own_stops_the_run_with_one_line(
             child.kill()
         _kill_all(list(workers))
     _store_after(cache, merged=True)
+
+
+class _SlowMean(torch.nn.Module):
+    """A stand-in network that takes its time: each row is the image's mean colour; remembers
+    every row it computed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.computed: list[np.ndarray] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        time.sleep(0.2)
+        rows = x.float().mean(dim=(2, 3))
+        self.computed.extend(r for r in rows.numpy() if r.any())  # not the zero padding
+        return rows
+
+
+def test_ctrl_c_keeps_the_batches_whose_forward_pass_was_running(
+    tmp_path: Path, make_images: Any
+) -> None:
+    """Decoding in the main process, the forward pass in two threads (two batches in flight):
+    on Ctrl-C the batches not started are dropped, those running finish and are stored."""
+    from featurestore.extractor import resolve
+    from featurestore.pipeline import run_extraction
+    from featurestore.runtime import WorkerPlan
+    from featurestore.sources import open_source
+    from featurestore.store import FeatureStore
+
+    images = tmp_path / "images"
+    make_images(images, 40, ("a",))
+    src = open_source(images)
+    extractor = resolve("mobilenet_v3_small", weights="none", input_size=32)
+    store = FeatureStore.for_spec(tmp_path / "cache", extractor.spec)
+    model = _SlowMean()
+
+    def interrupt_once_a_batch_landed() -> None:
+        deadline = time.monotonic() + 60
+        while not list(store.parts_dir.glob("part-*.h5")) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        _thread.interrupt_main()
+
+    timer = threading.Thread(target=interrupt_once_a_batch_landed)
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_extraction(
+                extractor,
+                src.select(None),
+                src.loader,
+                store,
+                device=torch.device("cpu"),
+                batch_size=BATCH,
+                plan=WorkerPlan(0),
+                model=model,
+                replicas=2,
+                threads=1,
+            )
+    finally:
+        timer.join()
+    store.compact()
+    _keys, rows = store.read_all()
+    computed = {r.tobytes() for r in model.computed}
+    stored = {r.tobytes() for r in rows}
+    assert len(stored) < 40, "the run ended before the interrupt: no trial"
+    assert computed == stored, f"{len(computed - stored)} computed rows were dropped"
 
 
 # ---------------------------------------------------------------------------- the mechanisms
