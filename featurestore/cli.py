@@ -25,11 +25,21 @@ def _one_line(exc: BaseException) -> str:
 class _Commands(click.Group):
     """Every command's :class:`FeatureStoreError` (and an ``OSError`` from the system, such
     as a full disk) ends as one line on stderr and its exit code, never a traceback; anything
-    else is a bug and keeps its traceback."""
+    else is a bug and keeps its traceback. Ctrl-C exits 130 and SIGTERM (during an extraction,
+    :class:`~featurestore.runtime.Terminated`) 143, with one line."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except KeyboardInterrupt as exc:
+            code = getattr(exc, "exit_code", EXIT_INTERRUPTED)
+            what = "SIGTERM" if code != EXIT_INTERRUPTED else "Ctrl-C"
+            click.echo(
+                f"interrupted ({what}): finished work is kept (extracted rows stay in the "
+                "cache); run the same command again to resume",
+                err=True,
+            )
+            ctx.exit(code)
         except FeatureStoreError as exc:
             click.echo(f"error: {_one_line(exc)}", err=True)
             ctx.exit(exc.exit_code)
@@ -307,10 +317,13 @@ def _store_path(store: str, cache_dir: Path | None) -> Path:
 @_cache_opt
 @click.option("--json", "as_json", is_flag=True)
 def info(store: str, cache_dir: Path | None, as_json: bool) -> None:
-    """Show a store's spec, size and provenance (STORE: a path or a name from `ls`)."""
-    from featurestore.store import FeatureStore
+    """Show a store's spec, size and provenance (STORE: a path or a name from `ls`).
 
-    d = FeatureStore(_store_path(store, cache_dir)).info().to_dict()
+    Exit status 2 when STORE is not a featurestore store (a folder, a FIFO, a file that is not
+    one of its HDF5 stores): nothing is opened."""
+    from featurestore.store import FeatureStore, identify
+
+    d = FeatureStore(identify(_store_path(store, cache_dir))).info().to_dict()
     if as_json:
         click.echo(json.dumps(d))
         return
@@ -335,7 +348,11 @@ def info(store: str, cache_dir: Path | None, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def verify(store: str, cache_dir: Path | None, as_json: bool) -> None:
     """Check a store: it opens, attributes hash to the fingerprint, row counts agree, every
-    chunk passes its checksum, keys are well formed and not duplicated. Exit 1 on problems."""
+    chunk passes its checksum, every row is finite, keys are well formed and not duplicated.
+
+    Exit status 1 when the store is damaged; 2 when STORE is not a featurestore store at all (a
+    folder, a FIFO or device, a file that is not HDF5, an HDF5 file without the store's format
+    attribute such as a dataset of your own): such a path is never called damaged."""
     from featurestore.store import verify as run
 
     report = run(_store_path(store, cache_dir))

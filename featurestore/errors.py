@@ -22,6 +22,7 @@ __all__ = [
     "HeadIntegrityError",
     "HeadMismatchError",
     "MissingRowsError",
+    "NotAStoreError",
     "OptionError",
     "OutputError",
     "SourceError",
@@ -71,6 +72,13 @@ class StoreCorruptError(StoreError):
     def __init__(self, message: str, *, file: Path | None = None) -> None:
         super().__init__(message)
         self.file = file
+
+
+class NotAStoreError(StoreError, ValueError):
+    """A path given as a store is not one (a folder, a FIFO, a user's own HDF5 file): a usage
+    error (exit status 2), never reported as a damaged store."""
+
+    exit_code = 2
 
 
 class MissingRowsError(FeatureStoreError, KeyError):

@@ -137,6 +137,12 @@ def extract(
     on this machine) with ``workers`` forward actors (default: one per GPU, else one per
     CPU); the cache must be a folder shared by every node at the same path. Same rows, same
     skipped files, one compaction at the end, as the local engine.
+
+    Ctrl-C (KeyboardInterrupt) and, called from the main thread of a program that leaves SIGTERM
+    to its default action, SIGTERM (:class:`~featurestore.runtime.Terminated`) stop the run: the
+    batches already computed are stored, the worker processes end, the journal is merged, and
+    the exception reaches the caller; the next run resumes. The worker processes end with this
+    process however it ends, SIGKILL included.
     """
     start = time.perf_counter()
     check_engine(engine, address)
@@ -181,60 +187,63 @@ def extract(
     n_workers = 0 if workers is None else workers
     written = 0
     finished = False
-    try:
-        if todo and engine == "ray":
-            cluster = _ray_engine().run_extraction(
-                extractor,
-                todo,
-                src.loader,
-                store,
-                address=address,
-                device=device,
-                batch_size=batch_size,
-                actors=workers,
-                strict=strict,
-                progress=progress,
-                source_name=src.name,
-            )
-            timings.update(cluster.timings)
-            written, n_workers, ran_on = cluster.written, cluster.workers, cluster.device
-            warnings[:0] = cluster.warnings
-            skipped.update(_every_path_of(cluster.skipped, records, todo))
-        elif todo:
+    # SIGTERM stops the run as Ctrl-C does: the finished batches are kept, the workers shut
+    # down and the journal merged; then Terminated (a KeyboardInterrupt) reaches the caller.
+    with runtime.sigterm_interrupts():
+        try:
+            if todo and engine == "ray":
+                cluster = _ray_engine().run_extraction(
+                    extractor,
+                    todo,
+                    src.loader,
+                    store,
+                    address=address,
+                    device=device,
+                    batch_size=batch_size,
+                    actors=workers,
+                    strict=strict,
+                    progress=progress,
+                    source_name=src.name,
+                )
+                timings.update(cluster.timings)
+                written, n_workers, ran_on = cluster.written, cluster.workers, cluster.device
+                warnings[:0] = cluster.warnings
+                skipped.update(_every_path_of(cluster.skipped, records, todo))
+            elif todo:
+                t = time.perf_counter()
+                pipeline = _pipeline_module()  # torch is imported here, and only here
+                timings["import"] = time.perf_counter() - t
+                if dev is None:
+                    dev = runtime.resolve_device(device)
+                    warnings[:0] = runtime.precision_warnings(options.precision, dev.type)
+                plan = runtime.plan_workers(dev, workers, len(todo))
+                n_workers = plan.workers
+                log.info(
+                    "extracting %d of %d images with %s",
+                    len(todo),
+                    n_unique,
+                    extractor.backbone.name,
+                )
+                stats = pipeline.run_extraction(
+                    extractor,
+                    todo,
+                    src.loader,
+                    store,
+                    device=dev,
+                    batch_size=batch_size,
+                    plan=plan,
+                    strict=strict,
+                    progress=progress,
+                    source_name=src.name,
+                )
+                timings.update(stats.timings)
+                written = stats.written
+                skipped.update(_every_path_of(stats.skipped, records, todo))
+            finished = True
+        finally:
             t = time.perf_counter()
-            pipeline = _pipeline_module()  # torch is imported here, and only here
-            timings["import"] = time.perf_counter() - t
-            if dev is None:
-                dev = runtime.resolve_device(device)
-                warnings[:0] = runtime.precision_warnings(options.precision, dev.type)
-            plan = runtime.plan_workers(dev, workers, len(todo))
-            n_workers = plan.workers
-            log.info(
-                "extracting %d of %d images with %s",
-                len(todo),
-                n_unique,
-                extractor.backbone.name,
-            )
-            stats = pipeline.run_extraction(
-                extractor,
-                todo,
-                src.loader,
-                store,
-                device=dev,
-                batch_size=batch_size,
-                plan=plan,
-                strict=strict,
-                progress=progress,
-                source_name=src.name,
-            )
-            timings.update(stats.timings)
-            written = stats.written
-            skipped.update(_every_path_of(stats.skipped, records, todo))
-        finished = True
-    finally:
-        t = time.perf_counter()
-        _compact(store, finished=finished, written=written, warnings=warnings)
-        timings["compact"] = time.perf_counter() - t
+            _compact(store, finished=finished, written=written, warnings=warnings)
+            timings["compact"] = time.perf_counter() - t
     return ExtractResult(
         source=src.name,
         backbone=extractor.backbone.name,

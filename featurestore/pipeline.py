@@ -21,6 +21,7 @@ import ctypes
 import functools
 import logging
 import math
+import os
 import platform
 import sys
 import threading
@@ -41,7 +42,7 @@ from featurestore import provenance
 from featurestore.decode import DecodeError
 from featurestore.errors import ExtractError
 from featurestore.extractor import Extractor, Preprocess
-from featurestore.runtime import WorkerPlan, cpu_plan
+from featurestore.runtime import WorkerPlan, cpu_plan, die_with_parent, worker_signals
 from featurestore.sources import ImageLoader, Record, Skipped
 from featurestore.store import FeatureStore
 
@@ -188,8 +189,55 @@ class _ReplicaCollate(_Collate):
         return idx, rows, errors, decode_s, time.perf_counter() - t
 
 
-def _worker_init(_: int) -> None:
-    torch.set_num_threads(1)
+class _WorkerInit:
+    """A DataLoader worker's start: one torch thread, the signals of a worker
+    (:func:`~featurestore.runtime.worker_signals`), and an end tied to the extracting process
+    ``parent`` (:func:`~featurestore.runtime.die_with_parent`): a worker never outlives it, even
+    when it is killed with SIGKILL."""
+
+    def __init__(self, parent: int) -> None:
+        self.parent = parent
+
+    def __call__(self, _: int) -> None:
+        torch.set_num_threads(1)
+        worker_signals()
+        die_with_parent(self.parent)
+
+
+def _stop_workers(batches: Any) -> None:
+    """Shut the DataLoader's worker processes down now: torch does it when the iterator is
+    collected, which an exception's traceback (a Ctrl-C, a SIGTERM) can delay indefinitely."""
+    shutdown = getattr(batches, "_shutdown_workers", None)
+    if shutdown is not None:
+        shutdown()
+
+
+def _worker_died(exc: RuntimeError) -> ExtractError | None:
+    """The error for a DataLoader worker that ended unexpectedly (killed, e.g. out of memory),
+    or None when ``exc`` is something else."""
+    msg = " ".join(str(exc).split())
+    if isinstance(exc, ExtractError) or "DataLoader worker" not in msg:
+        return None
+    return ExtractError(
+        f"a worker process ended unexpectedly ({msg}); if the system ran out of memory, use "
+        "fewer --workers or a smaller --batch-size. Rows of finished batches are kept: run "
+        "again to resume"
+    )
+
+
+def _nonfinite_error(job: _Job, idx: list[int], rows: np.ndarray, kept: int) -> ExtractError:
+    """The error for a batch whose rows hold NaN or infinite values."""
+    finite = np.isfinite(rows).all(axis=1)
+    bad = [job.records[i].path for i, ok in zip(idx, finite, strict=True) if not ok]
+    ext = job.extractor
+    hint = "" if ext.precision == "fp32" else ", or use --precision fp32"
+    before = f"the {kept} rows stored before it are kept" if kept else "nothing was stored"
+    return ExtractError(
+        f"the network gives non-finite rows (NaN or infinity) for {len(bad)} of {len(idx)} "
+        f"images of a batch, e.g. {bad[0]}; check the weights ({ext.backbone.name}, --weights "
+        f"{ext.options.weights}){hint}. Such rows are never stored: nothing of that batch was "
+        f"written, {before}"
+    )
 
 
 def _provenance(device: torch.device, batch_size: int, workers: int, source: str) -> dict[str, Any]:
@@ -356,7 +404,11 @@ class _BatchWriter:
         self.job.timings["write_wait"] += time.perf_counter() - t
 
     def write(self, idx: list[int], rows: np.ndarray) -> None:
+        """Hand one batch to the writer thread; ExtractError (nothing handed) when a row is
+        not finite: such rows are never stored."""
         self.wait()
+        if not np.isfinite(rows).all():
+            raise _nonfinite_error(self.job, idx, rows, self.written)
         keys = [self.job.records[i].key for i in idx]
         self._pending = self._pool.submit(self.job.store.append, keys, rows, provenance=self.prov)
         self.written += len(idx)
@@ -377,7 +429,7 @@ def _pipeline_replica_workers(job: _Job) -> tuple[int, list[Skipped]]:
         num_workers=job.workers,
         collate_fn=_ReplicaCollate(job.batch_size, dataset, model),
         prefetch_factor=2,
-        worker_init_fn=_worker_init,
+        worker_init_fn=_WorkerInit(os.getpid()),
         multiprocessing_context=multiprocessing.get_context("fork"),  # the model comes along
     )
     skipped: list[Skipped] = []
@@ -401,9 +453,14 @@ def _pipeline_replica_workers(job: _Job) -> tuple[int, list[Skipped]]:
                     job.skip(skipped, i, reason)
                 bar.update(len(idx) + len(errors))
             writer.wait()
+    except RuntimeError as exc:
+        died = _worker_died(exc)
+        if died is None:
+            raise
+        raise died from exc
     finally:
         bar.close()
-        del batches  # shuts the workers down
+        _stop_workers(batches)
     job.timings["decode"] += decode_s / job.workers
     job.timings["forward"] += forward_s / job.workers
     return writer.written, skipped
@@ -422,14 +479,14 @@ def _pipeline(job: _Job, *, replicas: int, threads: int | None) -> tuple[int, li
         collate_fn=_Collate(job.batch_size),
         pin_memory=job.device.type == "cuda",
         prefetch_factor=4 if workers > 0 else None,
-        worker_init_fn=_worker_init if workers > 0 else None,
+        worker_init_fn=_WorkerInit(os.getpid()) if workers > 0 else None,
     )
     batches = iter(dl)  # workers start decoding now, while the model is being built
     t0 = time.perf_counter()
     try:
         model = job.model if job.model is not None else job.extractor.build(job.device)
     except BaseException:
-        del batches  # stop the workers
+        _stop_workers(batches)
         raise
     job.timings["build"] += time.perf_counter() - t0
     runner = _Runner(model, job.device, threads)
@@ -439,8 +496,15 @@ def _pipeline(job: _Job, *, replicas: int, threads: int | None) -> tuple[int, li
     bar = job.progress_bar()
 
     def finish_oldest() -> None:
-        fut, idx = inflight.popleft()
-        writer.write(idx, fut.result())
+        """Hand the oldest batch to the writer once computed. It leaves ``inflight`` only then
+        (or when refused), so a Ctrl-C while waiting for it keeps it (see below)."""
+        fut, idx = inflight[0]
+        try:
+            writer.write(idx, fut.result())
+        except ExtractError:
+            inflight.popleft()  # refused (rows not finite): never stored
+            raise
+        inflight.popleft()
 
     t_run = time.perf_counter()
     try:
@@ -464,8 +528,17 @@ def _pipeline(job: _Job, *, replicas: int, threads: int | None) -> tuple[int, li
                         inflight.append((pool.submit(runner, batch, len(idx)), idx))
                     bar.update(len(idx) + len(errors))
             except ExtractError:
-                while inflight:  # keep the batches already computed
-                    finish_oldest()
+                with contextlib.suppress(ExtractError):  # a non-finite batch ends the keeping
+                    while inflight:  # keep the batches already computed
+                        finish_oldest()
+                raise
+            except KeyboardInterrupt:  # Ctrl-C or SIGTERM: batches not started are dropped;
+                # those already running finish anyway (leaving the pool waits for them): kept
+                running = [(fut, idx) for fut, idx in inflight if not fut.cancel()]
+                inflight.clear()
+                with contextlib.suppress(Exception):  # a failed or non-finite one: the rest lost
+                    for fut, idx in running:
+                        writer.write(idx, fut.result())
                 raise
             except BaseException:
                 for fut, _ in inflight:
@@ -474,10 +547,15 @@ def _pipeline(job: _Job, *, replicas: int, threads: int | None) -> tuple[int, li
             while inflight:
                 finish_oldest()
             writer.wait()
+    except RuntimeError as exc:
+        died = _worker_died(exc)
+        if died is None:
+            raise
+        raise died from exc
     finally:
         bar.close()
         torch.set_num_threads(saved_threads)
-        del batches  # shuts the workers down
+        _stop_workers(batches)
     job.timings["forward"] += runner.busy / replicas
     log.debug(
         "extraction loop %.2fs with %d replica(s) x %s thread(s), %d worker(s)",

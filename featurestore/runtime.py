@@ -1,4 +1,5 @@
-"""Where and how an extraction runs: the device, what the precision needs, the worker plan.
+"""Where and how an extraction runs: the device, what the precision needs, the worker plan, and
+the lifetime of the run's processes (signals, worker processes that die with their parent).
 
 Decided once per run by :func:`featurestore.extraction.extract` and handed to the extraction
 loop (:mod:`featurestore.pipeline`), which only follows the plan. Importing this module does not
@@ -7,11 +8,21 @@ import torch; the functions that need it import it when called.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import functools
+import logging
 import multiprocessing
+import os
+import signal
 import sys
+import threading
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from types import FrameType
+from typing import TYPE_CHECKING, Any
 
 from featurestore.errors import ExtractError
 from featurestore.provenance import cores
@@ -21,17 +32,27 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BF16_WARNING",
+    "DEVICE_TYPES",
+    "EXIT_TERMINATED",
     "MAX_REPLICA_WORKERS",
+    "Terminated",
     "WorkerPlan",
     "cpu_plan",
     "cpu_replica_workers",
     "cpu_supports_bf16",
     "default_workers",
     "device_needs_torch",
+    "die_with_parent",
     "plan_workers",
     "precision_warnings",
     "resolve_device",
+    "set_parent_death_signal",
+    "sigterm_interrupts",
+    "watch_parent",
+    "worker_signals",
 ]
+
+log = logging.getLogger(__name__)
 
 BF16_WARNING = "this CPU has no native bf16 (AVX512-BF16/AMX): bf16 may be slower"
 MAX_REPLICA_WORKERS = 8
@@ -66,8 +87,13 @@ def precision_warnings(precision: str, device_type: str | None) -> list[str]:
     return []
 
 
+DEVICE_TYPES = ("cpu", "cuda")  # what the extraction loop runs on
+
+
 def resolve_device(device: str = "auto") -> torch.device:
-    """``auto`` -> CUDA when present, else CPU; ``cuda`` without a GPU is an error."""
+    """``auto`` -> CUDA when present, else CPU; ``cpu`` or ``cuda[:N]`` as given. Anything else
+    (another device type, ``cuda`` without a GPU, a GPU index torch does not see) is an
+    ExtractError before any work."""
     import torch
 
     if device == "auto":
@@ -76,8 +102,16 @@ def resolve_device(device: str = "auto") -> torch.device:
         dev = torch.device(device)
     except RuntimeError as exc:
         raise ExtractError(f"--device {device!r}: {exc}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ExtractError("--device cuda, but torch sees no CUDA device; use --device cpu")
+    if dev.type not in DEVICE_TYPES:
+        raise ExtractError(f"--device {device!r}: featurestore extracts on cpu or cuda[:N]")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ExtractError("--device cuda, but torch sees no CUDA device; use --device cpu")
+        count = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= count:
+            raise ExtractError(
+                f"--device {device!r}: torch sees {count} CUDA device(s), numbered from 0"
+            )
     return dev
 
 
@@ -151,3 +185,142 @@ def plan_workers(device: torch.device, workers: int | None, n_images: int) -> Wo
         replicas, n = 0, workers
     n = min(n, n_images)
     return WorkerPlan(n, replicas=replicas > 0 and n > 0)
+
+
+# ---------------------------------------------------------------------------- signals, processes
+EXIT_TERMINATED = 128 + signal.SIGTERM  # what shells report for a process ended by SIGTERM
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+WATCH_INTERVAL_S = 0.5
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived during an extraction (see :func:`sigterm_interrupts`).
+
+    A :class:`KeyboardInterrupt`, so everything that stops cleanly on Ctrl-C stops the same way
+    on SIGTERM; ``exit_code`` is what the command line exits with (143, as for a process that
+    SIGTERM ended)."""
+
+    exit_code = EXIT_TERMINATED
+
+    def __init__(self, message: str = "terminated (SIGTERM)") -> None:
+        super().__init__(message)
+
+
+@contextlib.contextmanager
+def sigterm_interrupts() -> Iterator[None]:
+    """While inside, SIGTERM raises :class:`Terminated` in the main thread, as Ctrl-C raises
+    KeyboardInterrupt: the run stops where it is and its cleanup runs (finished batches are
+    kept, worker processes are shut down). A second SIGTERM during that cleanup ends the
+    process at once (the signal's default action; the journal is crash-safe and the workers
+    die with it, :func:`die_with_parent`). Does nothing outside the main thread, or when the
+    program already handles or ignores SIGTERM itself; the previous handler is put back on
+    exit."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous is not signal.SIG_DFL:
+        yield
+        return
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the second one is not negotiable
+        raise Terminated()
+
+    signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@functools.cache
+def _libc() -> Any:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return None
+
+
+def set_parent_death_signal(sig: int = signal.SIGKILL) -> bool:
+    """Ask the kernel to send ``sig`` to this process when its parent ends (Linux
+    ``prctl(PR_SET_PDEATHSIG)``, inherited by nothing). Returns whether it is armed.
+
+    The parent is the thread that forked this process: with the ``fork`` start method the
+    process that runs the extraction, with ``forkserver`` the fork server (which ends when that
+    process ends)."""
+    libc = _libc()
+    if libc is None:
+        return False
+    try:
+        zero = ctypes.c_ulong(0)
+        return libc.prctl(PR_SET_PDEATHSIG, ctypes.c_ulong(int(sig)), zero, zero, zero) == 0
+    except (AttributeError, OSError):  # no prctl in this C library
+        return False
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` exists and has not ended (a zombie has ended)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: it exists, owned by someone else
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True  # no /proc: kill(pid, 0) is all there is
+    return stat.rsplit(")", 1)[-1].split()[0] not in ("Z", "X")
+
+
+def watch_parent(
+    parent: int, *, interval: float = WATCH_INTERVAL_S, exit_code: int = 1
+) -> threading.Thread:
+    """Start a daemon thread that ends this process (``os._exit``) within ``interval`` seconds
+    of process ``parent`` ending, or of this process being re-parented. For every platform,
+    and for the cases the parent death signal does not cover (``parent`` is not the direct
+    parent, e.g. with a fork server)."""
+    ppid = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == ppid and _alive(parent):
+            time.sleep(interval)
+        os._exit(exit_code)  # nothing of a worker's is worth keeping without its parent
+
+    thread = threading.Thread(target=watch, name="featurestore-parent-watch", daemon=True)
+    thread.start()
+    return thread
+
+
+def die_with_parent(parent: int) -> None:
+    """In a worker process of the extraction run by process ``parent``: make sure it ends when
+    ``parent`` ends, however it ends (SIGKILL included), instead of living on re-parented to
+    init with its copy of the network. The kernel's parent death signal (Linux) kills it at
+    once; a watchdog thread (:func:`watch_parent`) covers the rest. Ends the process now if
+    ``parent`` already ended (it may have, between the fork and this call)."""
+    if os.getppid() == parent:
+        set_parent_death_signal()
+        if os.getppid() != parent:  # the parent died before the signal was armed
+            os._exit(1)
+    elif not _alive(parent):
+        os._exit(1)
+    watch_parent(parent)
+
+
+def _exit_quietly(signum: int, frame: FrameType | None) -> None:
+    os._exit(0)
+
+
+def worker_signals() -> None:
+    """Signal handling of an extraction worker process: Ctrl-C (SIGINT, sent to the whole
+    process group by a terminal) is ignored, as the extracting process decides when the run
+    stops and shuts its workers down; SIGTERM (the extracting process's shutdown, or a
+    ``kill`` of the whole group) ends the worker at once and quietly (exit status 0, so the
+    extracting process does not report a crashed worker while it stops)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _exit_quietly)

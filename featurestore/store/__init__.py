@@ -12,7 +12,10 @@ per written batch, under an advisory lock. One concept per module:
 * :mod:`.reader`: opening a file with its checks, checked reads of its feature rows.
 * :mod:`.lookup`: reading the store (consolidated file and parts as one set of rows).
 * :mod:`.compaction`: merging the journal into the consolidated file, crash-safely.
-* :mod:`.checks`: :func:`verify`, the health check before appending, the damage listing.
+* :mod:`.identify`: whether a path is a store at all (before `verify`/`info` open anything),
+  and the file-type check of every open.
+* :mod:`.checks`: :func:`verify`, the health check before appending, the damage listing, the
+  check of a batch before it is appended (finite rows only).
 * :mod:`.facade`: :class:`FeatureStore`, the small API the rest of featurestore uses.
 
 Crash safety rests on one rule: no HDF5 file is ever modified in place; every file is written
@@ -21,10 +24,11 @@ SIGKILL at any instant leaves the old good state or the new good state. A flippe
 outside unused space is reported as an error on read instead of returning a wrong number.
 """
 
-from featurestore.errors import StoreCorruptError, StoreError
+from featurestore.errors import NotAStoreError, StoreCorruptError, StoreError
 from featurestore.store.checks import VerifyReport, verify
 from featurestore.store.facade import FeatureStore, list_stores
 from featurestore.store.format import FORMAT, FORMAT_VERSION, KEY_DTYPE, write_legacy
+from featurestore.store.identify import identify
 from featurestore.store.journal import store_name
 from featurestore.store.lookup import StoreInfo
 from featurestore.store.reader import rebuild_hint
@@ -34,10 +38,12 @@ __all__ = [
     "FORMAT_VERSION",
     "KEY_DTYPE",
     "FeatureStore",
+    "NotAStoreError",
     "StoreCorruptError",
     "StoreError",
     "StoreInfo",
     "VerifyReport",
+    "identify",
     "list_stores",
     "rebuild_hint",
     "store_name",

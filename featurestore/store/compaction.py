@@ -23,7 +23,14 @@ import numpy as np
 
 from featurestore.atomic import atomic_path
 from featurestore.errors import StoreError
-from featurestore.store.format import H5_ERRORS, KEY_DTYPE, RowWriter, json_attr, write_file
+from featurestore.store.format import (
+    H5_ERRORS,
+    KEY_DTYPE,
+    RowWriter,
+    json_attr,
+    nonfinite_rows,
+    write_file,
+)
 from featurestore.store.journal import Journal, write_error
 from featurestore.store.keymatch import new_rows
 from featurestore.store.reader import CheckedRows, damaged, open_checked, read_keys
@@ -162,7 +169,8 @@ def _merge_into(
     """Write compaction's rows into its new file: the consolidated file's rows (if any, under
     ``plan.main_keys``), then the kept rows (``(path, keys, keep mask)``) of each journal part,
     block by block, so that memory stays at about a block however many rows are merged.
-    Every block is checked as it is read: a damaged file raises StoreCorruptError."""
+    Every block is checked as it is read: a damaged file (a checksum that fails, a row that is
+    not finite) raises StoreCorruptError."""
     buf: np.ndarray | None = None
     if plan.main is not None:
         rows = CheckedRows(plan.main, store, store=store)
@@ -170,6 +178,7 @@ def _merge_into(
         for start in range(0, rows.n, rows.step):
             stop = min(rows.n, start + rows.step)
             buf = rows.read_block(start, stop, buf)
+            _require_finite(buf[: stop - start], start, store, store)
             writer.add(keys[start:stop], buf[: stop - start])
     for part, pkeys, keep in parts:
         if not keep.any():
@@ -182,4 +191,18 @@ def _merge_into(
                 buf = rows.read_block(start, stop, buf)
                 mask = keep[start:stop]
                 block = buf[: stop - start]
+                _require_finite(block, start, part, store)
                 writer.add(pkeys[start:stop][mask], block if mask.all() else block[mask])
+
+
+def _require_finite(block: np.ndarray, start: int, where: Path, store: Path) -> None:
+    """Stored rows ``start``.. of file ``where`` as read into ``block``: StoreCorruptError
+    when one is not finite (never carried into the new file)."""
+    bad = nonfinite_rows(block)
+    if len(bad):
+        raise damaged(
+            store,
+            where,
+            f"row {start + int(bad[0])} holds NaN or infinite values; featurestore never "
+            "stores such rows",
+        )

@@ -58,11 +58,15 @@ class FeatureStore:
     def append(
         self, keys: Sequence[str], rows: np.ndarray, *, provenance: dict[str, Any] | None = None
     ) -> Path:
-        """Write one batch as a new journal file (atomic rename). Returns its path."""
+        """Write one batch as a new journal file (atomic rename). Returns its path.
+
+        A batch holding a row that is not finite (NaN, infinity) is refused with a StoreError
+        and nothing of it is written."""
         rows = np.ascontiguousarray(rows, dtype=np.float32)
         karr = as_key_array(keys)
         if rows.ndim != 2 or rows.shape[0] != len(karr):
             raise ValueError(f"rows must be (len(keys), D), got {rows.shape} for {len(karr)} keys")
+        checks.require_finite(karr, rows, self.path)
         return self.journal.append(karr, rows, lambda: self._attrs(provenance or {}))
 
     def compact(self, *, force: bool = False) -> int:

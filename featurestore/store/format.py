@@ -65,6 +65,15 @@ def crc32(rows: np.ndarray) -> int:
     return zlib.crc32(np.ascontiguousarray(rows, dtype=STORED))
 
 
+def nonfinite_rows(rows: np.ndarray) -> np.ndarray:
+    """Indices of the rows of (n, D) ``rows`` that hold NaN or an infinity (featurestore never
+    stores those: they are not features, and every head fails on them or learns nothing)."""
+    finite = np.isfinite(rows)
+    if finite.all():
+        return np.empty(0, dtype=np.intp)
+    return np.flatnonzero(~finite.reshape(len(rows), -1).all(axis=1))
+
+
 def fixed_text(text: str) -> np.ndarray:
     """A string attribute as fixed-length UTF-8 bytes: stored inside the (checksummed) object
     header. h5py's default, a variable-length string, lives in the global heap, which HDF5 does

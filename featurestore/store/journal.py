@@ -108,6 +108,26 @@ class Journal:
         self._depth: dict[int, int] = {}  # shared-lock nesting per thread (see locked)
 
     # ------------------------------------------------------------------ files
+    def layout_problem(self) -> str | None:
+        """What stands where the store's folders belong, if anything: the cache directory (or
+        the nearest of its ancestors that exists) is not a folder, or something else than a
+        folder sits at the journal's place. None when the layout is sound (or yet to be made)."""
+        folder = self.path.parent
+        while not os.path.lexists(folder) and folder != folder.parent:
+            folder = folder.parent
+        if os.path.lexists(folder) and not folder.is_dir():
+            where = "" if folder == self.path.parent else f" ({folder} is not a folder)"
+            return (
+                f"the cache directory {self.path.parent} cannot hold stores{where}: a file is "
+                "where a folder belongs; choose another with --cache-dir / FEATURESTORE_CACHE"
+            )
+        if os.path.lexists(self.parts_dir) and not self.parts_dir.is_dir():
+            return (
+                f"{self.parts_dir} is not a folder, but the journal of {self.path.name} belongs "
+                "there (featurestore never writes a file of that name): remove it"
+            )
+        return None
+
     def part_paths(self) -> list[Path]:
         """The journal parts, oldest first."""
         if not self.parts_dir.is_dir():

@@ -25,6 +25,7 @@ import numpy as np
 from featurestore.errors import StoreCorruptError, StoreError
 from featurestore.keys import fingerprint
 from featurestore.store.format import CRC, H5_ERRORS, STORED, attr_text, block_rows, crc32
+from featurestore.store.identify import require_regular_file
 from featurestore.store.journal import VanishedError
 
 
@@ -79,7 +80,14 @@ def _check_attrs(f: h5py.File, where: Path, expected: str | None) -> None:
 def open_checked(path: Path, expected: str | None) -> h5py.File:
     """Open store file ``path`` for reading once its datasets and attributes check out (and it
     holds fingerprint ``expected``, unless None). Raises :class:`VanishedError` when the file
-    is gone, StoreCorruptError when it is damaged, StoreError when it is another extractor's."""
+    is gone, StoreCorruptError when it is damaged, StoreError when it is another extractor's or
+    not a regular file (a FIFO would block the open; a device would be read without end)."""
+    try:
+        require_regular_file(path)
+    except FileNotFoundError as exc:
+        raise VanishedError(
+            f"{path} disappeared while reading (another process compacted the store); run again"
+        ) from exc
     try:
         f = h5py.File(path, "r")
     except H5_ERRORS as exc:

@@ -19,6 +19,7 @@ def test_every_error_is_a_featurestore_error_and_its_builtin() -> None:
         errors.ExtractError: RuntimeError,
         errors.StoreError: RuntimeError,
         errors.StoreCorruptError: RuntimeError,
+        errors.NotAStoreError: ValueError,
         errors.MissingRowsError: KeyError,
         errors.HeadError: ValueError,
         errors.HeadIntegrityError: ValueError,

@@ -268,7 +268,7 @@ def test_garbage_file_in_place_of_a_store(tmp_path: Path) -> None:
         store.check()
     (tmp_path / "README.txt").write_text("hello\n")
     r = CliRunner().invoke(cli, ["verify", str(tmp_path / "README.txt")])
-    assert r.exit_code == 1 and "a store path ends in .h5" in r.output
+    assert r.exit_code == 2 and "not a featurestore store" in r.output  # not a store: usage
     assert isinstance(r.exception, SystemExit), r.exception  # a clear message, no traceback
 
 
