@@ -227,11 +227,13 @@ def backbones(pattern: str | None, as_json: bool, family: str | None) -> None:
       featurestore backbones '*convnext*'
     """
     from featurestore.backbones import ALIASES, get_backbone, list_backbones
-    from featurestore.backbones.timm_table import table_status
+    from featurestore.backbones.timm_table import table, table_status
 
     rows = [(b.name, b) for b in list_backbones(pattern)]
     aliases = sorted(a for a in ALIASES if pattern is None or fnmatch.fnmatchcase(a, pattern))
-    rows += [(a, get_backbone(a)) for a in aliases]
+    if table() is not None or pattern is not None:  # else naming them would import timm
+        rows += [(a, get_backbone(a)) for a in aliases]
+        aliases = []
     rows = [(n, b) for n, b in rows if family is None or b.family == family]
     if as_json:
         for name, b in rows:
@@ -240,6 +242,8 @@ def backbones(pattern: str | None, as_json: bool, family: str | None) -> None:
             if name != b.name:
                 row["alias_of"] = b.name
             click.echo(json.dumps(row))
+        for a in aliases:
+            click.echo(json.dumps({"name": a, "alias_of": ALIASES[a]}))
         return
     width = max([20, *(len(n) for n, _ in rows)])
     click.echo(
@@ -252,6 +256,8 @@ def backbones(pattern: str | None, as_json: bool, family: str | None) -> None:
             f"{name:<{width}} {b.feature_dim:>5}  {node:<20} {b.default_pooling:<5}"
             f" {b.crop_size:>5}  {_weights_here(b)}{alias}"
         )
+    for a in aliases:
+        click.echo(f"{a:<{width}} = {ALIASES[a]}")
     if pattern is None:
         click.echo(
             f"\n{table_status()}; list them with a pattern: featurestore backbones 'timm:*' "

@@ -125,6 +125,16 @@ def fold_conv_batchnorm(gm: torch.fx.GraphModule) -> int:
     return folded
 
 
+def _to_channels_last(module: nn.Module) -> None:
+    """Channels-last layout for every 4-d parameter and buffer. ``Module.to(memory_format=)``
+    would also try the 5-d ones (a Swin window mask) and fail."""
+
+    def convert(t: torch.Tensor) -> torch.Tensor:
+        return t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 else t
+
+    module._apply(convert)
+
+
 def _fold(body: nn.Module) -> int:
     """Fold BatchNorm in a traced graph, or (a timm model timm cannot trace, which runs
     eagerly) in its ``nn.Sequential`` containers only."""
@@ -164,7 +174,7 @@ class FeatureModel(nn.Module):
         self.folded = _fold(self.body) if fold_batchnorm else 0
         self.body.to(dtype)
         if channels_last:
-            self.body.to(memory_format=torch.channels_last)
+            _to_channels_last(self.body)
         self.eval()  # frozen: the wrapper is in eval mode as well as the body
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:

@@ -97,7 +97,8 @@ def _spec(arch: str, row: dict[str, Any], tag: str, cfg: dict[str, Any]) -> Back
             "longer side and pad), which featurestore does not do; choose another tag or model"
         )
     default_weights, weights_file = _weights_source(cfg)
-    name = arch if tag == UNTRAINED else f"{arch}.{tag}"
+    # an architecture whose only configuration is untrained is named without a tag
+    name = arch if [t for t, _ in row["tags"]] == [UNTRAINED] else f"{arch}.{tag}"
     resizable = bool(row["resizable"])
     return BackboneSpec(
         name=TIMM_PREFIX + name,

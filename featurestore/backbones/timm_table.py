@@ -62,7 +62,6 @@ def installed_version() -> str | None:
 
 
 @functools.lru_cache(maxsize=1)
-@functools.lru_cache(maxsize=1)
 def table() -> dict[str, Any] | None:
     """The table when it was made for the installed timm, else None (describe live)."""
     if not TABLE.is_file():
@@ -94,14 +93,14 @@ def require_timm() -> None:
         raise BackboneError("timm models need timm: `pip install timm`")
 
 
-@functools.lru_cache(maxsize=256)
+@functools.lru_cache(maxsize=4096)
 def architecture(arch: str) -> dict[str, Any] | None:
     """The row of ``arch`` (described live when there is no table for this timm), each tag's
     mean and std written out; None when timm has no such architecture."""
     data = table()
     if data is not None:
         row = data["architectures"].get(arch)
-        return _expand(row, data["norms"]) if row is not None else None
+        return _expand(arch, row, data["norms"]) if row is not None else None
     require_timm()
     from timm.models import is_model
 
@@ -110,13 +109,19 @@ def architecture(arch: str) -> dict[str, Any] | None:
     return describe_architecture(arch)
 
 
-def _expand(row: dict[str, Any], norms: list[list[list[float]]]) -> dict[str, Any]:
-    """A table row with each tag's norm index replaced by its mean and std."""
+def _defaults(arch: str, tag: str) -> dict[str, Any]:
+    """What the table leaves out of a tag's entry: the common values."""
+    hub_id = "" if tag == UNTRAINED else f"timm/{arch}.{tag}"
+    return {"crop_mode": "center", "hf_hub_id": hub_id, "hf_hub_filename": "", "url": ""}
+
+
+def _expand(arch: str, row: dict[str, Any], norms: list[list[list[float]]]) -> dict[str, Any]:
+    """A table row written out: each tag's left-out values and its mean and std."""
     tags = []
     for tag, cfg in row["tags"]:
         mean, std = norms[cfg["norm"]]
         rest = {k: v for k, v in cfg.items() if k != "norm"}
-        tags.append((tag, {**rest, "mean": mean, "std": std}))
+        tags.append((tag, {**_defaults(arch, tag), **rest, "mean": mean, "std": std}))
     return {**row, "tags": tags}
 
 
@@ -233,13 +238,19 @@ def describe_architecture(arch: str) -> dict[str, Any]:
     }
 
 
-def _compact(row: dict[str, Any], norms: list[list[list[float]]]) -> dict[str, Any]:
+def _compact(arch: str, row: dict[str, Any], norms: list[list[list[float]]]) -> dict[str, Any]:
+    """The inverse of :func:`_expand`: mean/std as an index into ``norms``, common values out."""
     tags = []
     for tag, cfg in row["tags"]:
         norm = [cfg["mean"], cfg["std"]]
         if norm not in norms:
             norms.append(norm)
-        rest = {k: v for k, v in cfg.items() if k not in ("mean", "std")}
+        common = _defaults(arch, tag)
+        rest = {
+            k: v
+            for k, v in cfg.items()
+            if k not in ("mean", "std") and (k not in common or common[k] != v)
+        }
         tags.append([tag, {**rest, "norm": norms.index(norm)}])
     return {**row, "tags": tags}
 
@@ -257,7 +268,7 @@ def regenerate_table(path: Path = TABLE, archs: list[str] | None = None) -> dict
     if archs is not None and path.is_file():
         old = json.loads(path.read_text())
         if old.get("timm_version") == timm.__version__:
-            rows = {a: _expand(r, old["norms"]) for a, r in old["architectures"].items()}
+            rows = {a: _expand(a, r, old["norms"]) for a, r in old["architectures"].items()}
             failed = {a: why for a, why in old["failed"].items() if a not in archs}
             names = list(archs)
     start = time.monotonic()
@@ -271,7 +282,7 @@ def regenerate_table(path: Path = TABLE, archs: list[str] | None = None) -> dict
         if (i + 1) % 50 == 0:
             log.info("%d/%d architectures (%.0f s)", i + 1, len(names), time.monotonic() - start)
     norms: list[list[list[float]]] = []
-    rows = {a: _compact(rows[a], norms) for a in sorted(rows)}
+    rows = {a: _compact(a, rows[a], norms) for a in sorted(rows)}
     data = {
         "timm_version": timm.__version__,
         "torch_version": torch.__version__,
