@@ -41,6 +41,7 @@ from featurestore.backbones.timm_table import (
 )
 from featurestore.backbones.weights import (
     ResolvedWeights,
+    check_finite,
     file_sha256,
     hf_cached_file,
     hf_repo_folder,
@@ -334,7 +335,9 @@ def build(spec: BackboneSpec, weights: ResolvedWeights, input_size: int | None =
         if n is not None:
             kwargs["num_classes"] = overlay["num_classes"] = n
     try:
-        return create(spec.timm_name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
+        model = create(spec.timm_name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
     except BackboneError as exc:
         why = _one_line(exc.__cause__ or exc)
         raise BackboneError(f"{weights.file} does not fit {spec.name}: {why}") from exc
+    check_finite(model.state_dict(), weights.file)  # what timm's checkpoint filter loaded
+    return model

@@ -156,10 +156,13 @@ def resolve_common(weights: WeightsChoice) -> ResolvedWeights | None:
 
 
 def check_finite(state_dict: dict[str, torch.Tensor], source: object) -> None:
-    """Refuse a state dict holding a NaN or an infinity, naming the first such tensor."""
+    """Refuse a state dict holding a NaN or an infinity, naming the first such tensor (its
+    top-level tensors; a model's ``state_dict()`` covers what nested checkpoints held)."""
     import torch
 
     for name, tensor in state_dict.items():
+        if not isinstance(tensor, torch.Tensor):
+            continue  # a nested entry: checked once the model holds it
         if tensor.is_floating_point() or tensor.is_complex():
             if not bool(torch.isfinite(tensor).all()):
                 bad = int((~torch.isfinite(tensor)).sum())
@@ -171,19 +174,13 @@ def check_finite(state_dict: dict[str, torch.Tensor], source: object) -> None:
 
 
 def _unwrap(sd: object, path: Path) -> dict[str, torch.Tensor]:
-    import torch
-
+    """The state dict inside a checkpoint that wraps it in ``state_dict`` or ``model``. Other
+    entries stay (a timm checkpoint filter may unwrap them: I-JEPA's ``encoder``)."""
     for wrapper in ("state_dict", "model"):
         if isinstance(sd, dict) and isinstance(sd.get(wrapper), dict):
             sd = sd[wrapper]
     if not isinstance(sd, dict):
         raise BackboneError(f"{path} holds a {type(sd).__name__}, not a state dict")
-    others = sorted(k for k, v in sd.items() if not isinstance(v, torch.Tensor))
-    if others:
-        raise BackboneError(
-            f"{path} is not a plain state dict: {others[:3]} are not tensors. Save the weights "
-            "alone with torch.save(model.state_dict(), PATH) or safetensors"
-        )
     return sd
 
 

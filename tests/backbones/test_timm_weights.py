@@ -227,3 +227,25 @@ def test_backbones_command_says_which_weights_are_here(
     lines = {ln.split()[0]: ln for ln in done.stdout.decode().splitlines()[1:] if ln.strip()}
     assert lines["timm:mobilenetv3_small_050.lamb_in1k"].endswith("available")
     assert lines["timm:mobilenetv3_small_075.lamb_in1k"].endswith("not on this machine")
+
+
+def test_a_checkpoint_that_timms_filter_unwraps_loads_and_its_nans_are_found(
+    tmp_path: Path,
+) -> None:
+    """An I-JEPA checkpoint keeps the ViT under ``encoder`` (keys ``module.*``) beside training
+    state: timm's checkpoint filter unwraps it; a NaN inside is still refused, by the loaded
+    model's name for the tensor."""
+    name = "timm:vit_small_patch14_dinov2.lvd142m"  # no classifier (num_classes 0)
+    spec = get_backbone(name)
+    sd = _random_state(name)
+
+    def ijepa(state: dict[str, torch.Tensor]) -> dict[str, Any]:
+        return {"encoder": {f"module.{k}": v for k, v in state.items()}, "epoch": 3}
+
+    torch.save(ijepa(sd), tmp_path / "ckpt.pth")
+    loaded = build_model(spec, tmp_path / "ckpt.pth").state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in sd.items())
+    sd["blocks.3.attn.qkv.weight"][0, 0] = float("nan")
+    torch.save(ijepa(sd), tmp_path / "bad.pth")
+    with pytest.raises(BackboneError, match=r"'blocks\.3\.attn\.qkv\.weight'.*non-finite"):
+        build_model(spec, tmp_path / "bad.pth")
