@@ -102,7 +102,10 @@ def test_family_contract(family: str) -> None:
         expected = net.forward_head(
             net.forward_features((images / 255 - mean) / std), pre_logits=True
         )
-    torch.testing.assert_close(rows, expected, rtol=1e-3, atol=1e-3)
+    # float32 rounding (BatchNorm folded, channels-last) grows with the activations, which
+    # random weights can blow up (inception_v3 at 96 px: 4e8): the tolerance follows the scale
+    scale = float(expected.abs().max())
+    torch.testing.assert_close(rows, expected, rtol=1e-3, atol=1e-3 + 1e-5 * scale)
 
 
 def test_every_timm_model_and_tag_gets_its_own_fingerprint() -> None:
