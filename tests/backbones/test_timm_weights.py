@@ -302,3 +302,19 @@ def test_a_failed_download_names_the_cause_and_the_remedies(
     msg = str(info.value)
     assert "ConnectionError: Name or service not known" in msg
     assert "models--timm--mobilenetv3_small_050.lamb_in1k" in msg and "--weights FILE" in msg
+
+
+def test_a_vits_weights_load_at_another_input_size(tmp_path: Path) -> None:
+    """DINOv2's 518 px weights at --input-size 56: timm resamples the position embeddings."""
+    name = "timm:vit_small_patch14_dinov2.lvd142m"
+    spec = get_backbone(name)
+    sd = _random_state(name)
+    assert sd["pos_embed"].shape == (1, 1 + 37 * 37, 384)
+    save_file(sd, str(tmp_path / "d.safetensors"))
+    net = build_model(spec, tmp_path / "d.safetensors", input_size=56)
+    assert net.pos_embed.shape == (1, 1 + 4 * 4, 384)
+    assert torch.equal(net.state_dict()["blocks.0.attn.qkv.weight"], sd["blocks.0.attn.qkv.weight"])
+    rows = resolve(name, weights=tmp_path / "d.safetensors", input_size=56).build("cpu")(
+        torch.zeros(1, 3, 56, 56, dtype=torch.uint8)
+    )
+    assert rows.shape == (1, 384)
