@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import logging
 import sys
@@ -10,6 +11,7 @@ from typing import Any
 
 import click
 
+from featurestore.backbones.spec import PRE_LOGITS
 from featurestore.engines import ENGINES
 from featurestore.errors import FeatureStoreError
 from featurestore.options import DECODES, POOLINGS, PRECISIONS, ExtractorOptions
@@ -229,42 +231,83 @@ def extract(source: str, backbone: str, as_json: bool, **kw: Any) -> None:
     sys.exit(EXIT_SKIPPED if result.skipped else 0)
 
 
-@main.command()
-@click.option("--json", "as_json", is_flag=True, help="Print JSON lines.")
-@click.option("--family", default=None, help="Only this family (e.g. resnet, vgg).")
-def backbones(as_json: bool, family: str | None) -> None:
-    """List backbones: name, feature_dim, default node, input size, weights available here."""
-    from featurestore.backbones import list_backbones, weights_available
+def _weights_here(spec: Any) -> str:
+    from featurestore.backbones import weights_available
 
-    rows = [b for b in list_backbones() if family is None or b.family == family]
+    if not spec.default_weights:
+        return "none published"
+    return "available" if weights_available(spec) else "not on this machine"
+
+
+@main.command()
+@click.argument("pattern", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON lines.")
+@click.option("--family", default=None, help="Only this family (e.g. resnet, vgg, convnext).")
+def backbones(pattern: str | None, as_json: bool, family: str | None) -> None:
+    """List backbones: name, feature_dim, default node, input size, weights on this machine.
+
+    \b
+    Without PATTERN: the torchvision and EfficientNet-Lite backbones and the short names.
+    PATTERN is a glob over every name, timm's models included (one per pretrained tag):
+      featurestore backbones 'resnet*'
+      featurestore backbones 'timm:*dinov2*'
+      featurestore backbones '*convnext*'
+    """
+    from featurestore.backbones import ALIASES, get_backbone, list_backbones
+    from featurestore.backbones.timm_table import table, table_status
+
+    rows = [(b.name, b) for b in list_backbones(pattern)]
+    aliases = sorted(a for a in ALIASES if pattern is None or fnmatch.fnmatchcase(a, pattern))
+    if table() is not None or pattern is not None:  # else naming them would import timm
+        rows += [(a, get_backbone(a)) for a in aliases]
+        aliases = []
+    rows = [(n, b) for n, b in rows if family is None or b.family == family]
     if as_json:
-        for b in rows:
-            click.echo(json.dumps({**b.to_dict(), "weights_available": weights_available(b)}))
+        for name, b in rows:
+            here = _weights_here(b) == "available"
+            row = {**b.to_dict(), "name": name, "weights_available": here}
+            if name != b.name:
+                row["alias_of"] = b.name
+            click.echo(json.dumps(row))
+        for a in aliases:
+            click.echo(json.dumps({"name": a, "alias_of": ALIASES[a]}))
         return
-    click.echo(f"{'name':<20} {'dim':>5}  {'default node':<20} {'pool':<5} {'input':>5}  weights")
-    for b in rows:
-        here = "available" if weights_available(b) else "not on this machine"
+    width = max([20, *(len(n) for n, _ in rows)])
+    click.echo(
+        f"{'name':<{width}} {'dim':>5}  {'default node':<20} {'pool':<5} {'input':>5}  weights"
+    )
+    for name, b in rows:
+        node = "pre-logits" if b.default_node == PRE_LOGITS else b.default_node
+        alias = f"  (= {b.name})" if name != b.name else ""
         click.echo(
-            f"{b.name:<20} {b.feature_dim:>5}  {b.default_node:<20} {b.default_pooling:<5}"
-            f" {b.crop_size:>5}  {here}"
+            f"{name:<{width}} {b.feature_dim:>5}  {node:<20} {b.default_pooling:<5}"
+            f" {b.crop_size:>5}  {_weights_here(b)}{alias}"
         )
+    for a in aliases:
+        click.echo(f"{a:<{width}} = {ALIASES[a]}")
+    if pattern is None:
+        click.echo(
+            f"\n{table_status()}; list them with a pattern: featurestore backbones 'timm:*' "
+            "(or 'timm:*convnext*', 'timm:*dinov2*', ...) and use them as --backbone timm:NAME"
+        )
+    elif not rows:
+        click.echo(f"no backbone matches {pattern!r}", err=True)
 
 
 @main.command()
 @click.argument("backbone")
 @click.option("--filter", "pattern", default=None, help="Only node names containing this text.")
 def nodes(backbone: str, pattern: str | None) -> None:
-    """List the graph node names of BACKBONE that --node accepts."""
-    from featurestore.backbones import build_model, get_backbone
+    """List the graph node names of BACKBONE that --node accepts (its default marked).
+
+    A timm model's default node, forward_head(pre_logits=True), is the input of its
+    classifier as timm computes it; the other names are nodes of its traced graph.
+    """
+    from featurestore.backbones import get_backbone
+    from featurestore.backbones.nodes import node_names
 
     spec = get_backbone(backbone)
-    model = build_model(spec, "none")
-    if spec.provider == "timm":
-        from timm.models._features_fx import get_graph_node_names
-    else:
-        from torchvision.models.feature_extraction import get_graph_node_names
-    _, names = get_graph_node_names(model)
-    for n in names:
+    for n in node_names(spec):
         if pattern is None or pattern in n:
             mark = "   <- default" if n == spec.default_node else ""
             click.echo(f"{n}{mark}")

@@ -48,7 +48,8 @@ EXTRACTOR_VERSION = 2
 
 @dataclass(frozen=True)
 class Preprocess:
-    """Eval preprocessing: decode, resize the shorter side, centre-crop, normalise."""
+    """Eval preprocessing: decode, resize the shorter side (``crop_mode`` ``squash``: both
+    sides), centre-crop, normalise."""
 
     resize_size: int
     crop_size: int
@@ -56,9 +57,10 @@ class Preprocess:
     std: tuple[float, ...]
     interpolation: str
     decode: str = "draft"
+    crop_mode: str = "center"
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "resize": self.resize_size,
             "crop": self.crop_size,
             "mean": list(self.mean),
@@ -66,6 +68,9 @@ class Preprocess:
             "interpolation": self.interpolation,
             "decode": self.decode,
         }
+        if self.crop_mode != "center":  # only then: the fingerprints of earlier stores hold
+            out["crop_mode"] = self.crop_mode
+        return out
 
 
 @dataclass(frozen=True)
@@ -104,7 +109,7 @@ class Extractor:
         """
         from featurestore.network import DTYPES, FeatureModel
 
-        model = build_model(self.backbone, self.weights)
+        model = build_model(self.backbone, self.weights, input_size=self.preprocess.crop_size)
         return FeatureModel(
             model,
             provider=self.backbone.provider,
@@ -140,6 +145,7 @@ def _preprocess(spec: BackboneSpec, options: ExtractorOptions) -> Preprocess:
         std=tuple(spec.std),
         interpolation=spec.interpolation,
         decode=options.decode,
+        crop_mode=spec.crop_mode,
     )
 
 

@@ -120,7 +120,9 @@ class _ImageDataset(Dataset):
         try:
             draft = pre.resize_size if pre.decode == "draft" else None
             img = self.loader.load(self.records[i], draft_size=draft)
-            img = F.resize(img, [pre.resize_size], interpolation=self.interp, antialias=True)
+            # centre: the shorter side to resize_size; squash: both sides (timm's crop_mode)
+            size = [pre.resize_size] * (2 if pre.crop_mode == "squash" else 1)
+            img = F.resize(img, size, interpolation=self.interp, antialias=True)
             img = F.center_crop(img, [pre.crop_size])
             return i, F.pil_to_tensor(img), None
         except DecodeError as exc:
