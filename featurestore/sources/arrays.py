@@ -254,6 +254,7 @@ def _labels(f: Any, path: Path, name: str, n: int, classes: list[str] | None) ->
             raise Refused(where, "labels that are not UTF-8 text")
         return labels
     if kind == "f":
+        values = values.astype(np.float64)
         whole = np.isfinite(values) & (values == np.round(values)) & (np.abs(values) <= 2**53)
         bad = np.flatnonzero(~whole)
         if bad.size:
@@ -287,17 +288,18 @@ def _blocks(dataset: Any, runs: list[tuple[int, int]]) -> Iterator[tuple[int, np
 
 def _value_range(
     dataset: Any, runs: list[tuple[int, int]]
-) -> tuple[float, float, list[int], np.ndarray | None]:
+) -> tuple[float, float, list[int], tuple[int, np.ndarray] | None]:
     """(lowest, highest) finite value over the dataset's images that are finite throughout,
-    the indices of the others, and the whole dataset when it was one block (read once)."""
+    the indices of the others, and (start, block) when its written images were one block
+    (read once)."""
     if dataset.dtype.kind not in "uif" or dataset.dtype == np.uint8:
         return 0, 0, [], None  # uint8 and bool: the dtype alone decides
     lo: Any = None
     hi: Any = None
     bad: list[int] = []
-    only: np.ndarray | None = None
+    only: tuple[int, np.ndarray] | None = None
     for n_blocks, (start, block) in enumerate(_blocks(dataset, runs)):
-        only = block if n_blocks == 0 else None
+        only = (start, block) if n_blocks == 0 else None
         flat = block.reshape(block.shape[0], -1)
         if block.dtype.kind == "f":
             ok = np.isfinite(flat).all(axis=1)
@@ -366,7 +368,7 @@ def _array_records(
     scan.warnings += [f"{where}: {note}" for note in fmt.notes]
     split = split_from(images, path.stem)
     bad_set = set(bad)
-    for start, block in [(0, only)] if only is not None else _blocks(dataset, runs):
+    for start, block in [only] if only is not None else _blocks(dataset, runs):
         good = [j for j in range(block.shape[0]) if start + j not in bad_set]
         part = block if len(good) == block.shape[0] else block[good]
         for j, image in zip(good, part if fmt.raw_keys else fmt.pixels(part), strict=True):

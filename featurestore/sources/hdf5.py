@@ -150,19 +150,41 @@ def check_inside(f: Any, dataset: Any, where: str, *, depth: int = 0) -> None:
         inner = lookup(f, source)
         if not isinstance(inner, h5py.Dataset):
             raise Refused(where, f"virtual dataset mapping {source!r}, which is not a dataset")
+        places = plist.get_virtual_vspace(i).get_select_npoints()
+        src_space = plist.get_virtual_srcspace(i)
+        whole = src_space.get_select_type() == h5py.h5s.SEL_ALL
+        values = inner.size if whole else src_space.get_select_npoints()
+        if values != places:
+            raise Refused(
+                where,
+                f"virtual dataset mapping {values} values of {source!r} onto {places} places",
+            )
         check_inside(f, inner, where, depth=depth + 1)
 
 
-def unwritten_runs(dataset: Any) -> list[tuple[int, int]]:
+def unwritten_runs(dataset: Any, *, depth: int = 0) -> list[tuple[int, int]]:
     """``[start, stop)`` ranges of the first axis whose storage was never written (they would
-    read as the fill value): all of it for contiguous storage never allocated, and the rows of
-    every chunk row missing a chunk for chunked storage. Virtual and compact datasets: none."""
+    read as the fill value): all of it for contiguous storage never allocated, the rows of
+    every chunk row missing a chunk for chunked storage, and all of a virtual dataset that
+    leaves part of itself unmapped or maps a dataset (of this file, see :func:`check_inside`)
+    not wholly written. Compact datasets: none."""
     import h5py
 
-    n = dataset.shape[0] if dataset.shape else 0
+    n = dataset.shape[0] if dataset.shape else 1
     if dataset.size == 0:
         return []
-    layout = dataset.id.get_create_plist().get_layout()
+    plist = dataset.id.get_create_plist()
+    layout = plist.get_layout()
+    if layout == h5py.h5d.VIRTUAL:
+        count = plist.get_virtual_count()
+        mapped = sum(plist.get_virtual_vspace(i).get_select_npoints() for i in range(count))
+        if mapped < dataset.size or depth >= MAX_LINK_HOPS:
+            return [(0, n)]
+        for i in range(count):
+            source = lookup(dataset.file, plist.get_virtual_dsetname(i))
+            if unwritten_runs(source, depth=depth + 1):
+                return [(0, n)]
+        return []
     if layout == h5py.h5d.CONTIGUOUS:
         return [(0, n)] if dataset.id.get_storage_size() == 0 else []
     if layout != h5py.h5d.CHUNKED:

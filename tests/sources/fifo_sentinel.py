@@ -65,4 +65,9 @@ class FifoSentinel:
         time.sleep(0.01)  # a reader let go just now is counted before the watcher stops
         self._watcher.terminate()
         self._watcher.wait(timeout=10)
-        self.opened = self._marks.stat().st_size
+        self.opened = self.count()
+
+    def count(self) -> int:
+        """How many times a reader has opened the sentinel so far (a reader that opened it has
+        been counted by the time its open returned)."""
+        return self._marks.stat().st_size

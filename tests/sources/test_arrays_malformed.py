@@ -4,6 +4,7 @@ of the whole dataset into memory, and every file the reader opens is closed agai
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -248,3 +249,26 @@ def test_a_lone_train_file_reports_only_its_train_split(tmp_path: Path) -> None:
     folder.mkdir()
     path.rename(folder / path.name)
     assert open_source(folder).splits == ["train"]
+
+
+def test_a_converted_dataset_with_an_unwritten_head_keys_the_right_images(
+    tmp_path: Path,
+) -> None:
+    """Found by the generated test: the one-block shortcut once keyed image 1 as image 0."""
+    path = tmp_path / "head.h5"
+    with h5py.File(path, "w") as f:
+        d = f.create_dataset("x", (3, 2, 2), "u2", chunks=(1, 2, 2))
+        d[1] = [[0, 300], [600, 900]]
+        d[2] = [[900, 900], [900, 900]]
+    src = open_source(path)
+    assert [r.path.split("::")[1] for r in src.records] == ["x[1]", "x[2]"]
+    assert [s.path.split("::")[1] for s in src.skipped] == ["x[0]"]
+    assert np.asarray(src.loader.load(src.records[0]))[..., 0].tolist() == [[0, 85], [170, 255]]
+    assert src.records[0].key != src.records[1].key
+
+
+def test_float16_labels_are_read_without_overflow_warnings(tmp_path: Path) -> None:
+    path = _write(tmp_path / "f16.h5", x=np.zeros((2, 4, 4), np.uint8), y=np.array([1, 2], "f2"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert [r.label for r in open_source(path, labels_key="y").records] == ["1", "2"]

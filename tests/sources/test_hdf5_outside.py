@@ -199,3 +199,19 @@ def test_the_sentinel_notices_a_reader_even_inside_hdf5(tmp_path: Path) -> None:
             except OSError:
                 pass  # the watcher closed its end: too few bytes
     assert sentinel.opened >= 2  # once by open(), then by HDF5 (which may retry)
+
+
+def test_a_virtual_dataset_that_does_not_fit_its_source_is_refused(tmp_path: Path) -> None:
+    """Found by the generated test: HDF5 reads slices of such a mapping as shifted values."""
+    path = tmp_path / "vds.h5"
+    with h5py.File(path, "w") as f:
+        f["images"] = np.arange(24, dtype=np.uint8).reshape(2, 3, 4)
+    _vds(path, ".", "images", (2, 4, 4))
+    with pytest.raises(SourceError, match=r"mapping 24 values of 'images' onto 32 places"):
+        open_source(path, images_key="v_x")
+    with h5py.File(path, "a") as f:  # a mapping that leaves half of the dataset unmapped
+        layout = h5py.VirtualLayout(shape=(4, 3, 4), dtype="u1")
+        layout[0:2] = h5py.VirtualSource(".", "images", shape=(2, 3, 4))
+        f.create_virtual_dataset("half_x", layout, fillvalue=0)
+    with pytest.raises(SourceError, match=r"half_x\[0:4\]: never written"):
+        open_source(path, images_key="half_x")
