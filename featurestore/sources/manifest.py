@@ -1,12 +1,13 @@
 """A CSV manifest of ``path,label[,split]`` (header optional; paths relative to the CSV).
 
 The manifest is UTF-8 text (a byte-order mark is fine). Its first non-blank row is a header
-when one of its cells is ``path`` (any case, spaces around ignored) and none holds a ``.`` or a
-``/`` (a data row names a file); the header names the columns in any order (``path`` needed,
-``label`` and ``split`` optional, other columns ignored, no name twice). Without a header the
-columns are ``path,label,split``. Blank rows are ignored; blank cells are no label or no split.
-A row without a path, a path that does not exist or cannot be looked up, is skipped with its
-manifest line. A manifest that is not a regular file (a FIFO) is refused without being read.
+when one of its cells is ``path`` (any case, spaces around ignored) and every cell is a name:
+not blank, without a ``.`` or a ``/`` (a data row names a file); the header names the columns
+in any order (``path`` needed, ``label`` and ``split`` optional, other columns ignored, no name
+twice). Without a header the columns are ``path,label,split``. Blank rows are ignored; blank
+cells are no label or no split. A row without a path, or whose path does not exist or cannot be
+looked up, is skipped with its manifest line. A manifest that is not a regular file (a FIFO)
+is refused without being read.
 
 Its records are file records (:mod:`featurestore.sources.files` loads them).
 """
@@ -51,13 +52,13 @@ def read_rows(path: Path) -> list[Row]:
 
 def _is_header(row: list[str]) -> bool:
     cells = [c.strip().lower() for c in row]
-    return "path" in cells and not any("." in c or "/" in c for c in cells)
+    return "path" in cells and all(c and "." not in c and "/" not in c for c in cells)
 
 
 def columns(path: Path, numbered: list[Row]) -> tuple[dict[str, int], list[Row]]:
-    """(column name -> index, data rows): a first row with a cell ``path`` and no cell holding
-    ``.`` or ``/`` is the header; without one the columns are ``path,label,split`` (as many as
-    the widest row)."""
+    """(column name -> index, data rows): a first row with a cell ``path`` whose cells are all
+    names (not blank, no ``.`` or ``/``) is the header; without one the columns are
+    ``path,label,split`` (as many as the widest row)."""
     if _is_header(numbered[0][1]):
         header = [c.strip().lower() for c in numbered[0][1]]
         twice = sorted({c for c in header if c and header.count(c) > 1})

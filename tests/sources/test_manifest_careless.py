@@ -78,3 +78,13 @@ def test_a_manifest_that_cannot_be_read_is_a_source_error(tmp_path: Path) -> Non
     (tmp_path / "gone.csv").symlink_to("nowhere.csv")
     with pytest.raises(SourceError, match=r"gone\.csv: no such file or folder"):
         open_source(tmp_path / "gone.csv")
+
+
+def test_a_row_with_blank_cells_is_never_a_header(tmp_path: Path, make_images: Any) -> None:
+    """Found by the generated test: ``,,PATH`` (no path, split 'PATH') once named the columns."""
+    (a,) = make_images(tmp_path / "imgs", 1, ("x",))
+    m = tmp_path / "m.csv"
+    m.write_text(f",,PATH\nimgs/x/{a.name},cat,train\n")
+    src = open_source(m)
+    assert _view(src) == [(a.name, "cat", "train")]
+    assert [(s.path, s.reason) for s in src.skipped] == [(f"{m}:1", "no path (manifest line 1)")]
