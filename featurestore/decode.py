@@ -288,7 +288,7 @@ class ArrayFormat:
             converted = np.empty(flat.size, np.uint8)
             for start in range(0, flat.size, _STEP):
                 part = flat[start : start + _STEP]
-                if a.dtype.kind == "f" and not np.isfinite(part).all():
+                if a.dtype.kind == "f" and not _finite(part):
                     raise DecodeError("NaN or infinite values: not an image")
                 values = part.astype(np.float64) * self.scale
                 np.rint(values, out=values)
@@ -300,6 +300,11 @@ class ArrayFormat:
     def image(self, array: np.ndarray) -> Image.Image:
         """One stored image as an RGB Pillow image."""
         return pixels_to_image(self.pixels(np.asarray(array)[None])[0])
+
+
+def _finite(values: np.ndarray) -> bool:
+    """No NaN and no infinity in ``values`` (both show in the minimum or the maximum)."""
+    return bool(np.isfinite(values.min()) and np.isfinite(values.max()))
 
 
 def _number(value: Any) -> float:

@@ -269,10 +269,15 @@ def _labels(f: Any, path: Path, name: str, n: int, classes: list[str] | None) ->
 
 
 def _blocks(dataset: Any, runs: list[tuple[int, int]]) -> Iterator[tuple[int, np.ndarray]]:
-    """(start, images) blocks of about BLOCK_BYTES over the written rows of ``dataset``."""
+    """(start, images) blocks of about BLOCK_BYTES over the written rows of ``dataset``, read
+    into one buffer (whole chunk rows where it can): each block is a view of that buffer, valid
+    until the next one is read."""
     per_image = max(1, dataset.dtype.itemsize * int(np.prod(dataset.shape[1:])))
     step = max(1, BLOCK_BYTES // per_image)
+    rows = dataset.chunks[0] if dataset.chunks else 1
+    step = max(rows, step // rows * rows) if step >= rows else step
     n = dataset.shape[0]
+    buffer = np.empty((min(step, n), *dataset.shape[1:]), dataset.dtype)
     start = 0
     gaps = iter(runs)
     gap = next(gaps, None)
@@ -282,7 +287,8 @@ def _blocks(dataset: Any, runs: list[tuple[int, int]]) -> Iterator[tuple[int, np
             gap = next(gaps, None)
             continue
         stop = min(n, start + step, gap[0] if gap is not None else n)
-        yield start, dataset[start:stop]
+        dataset.read_direct(buffer, np.s_[start:stop], np.s_[0 : stop - start])
+        yield start, buffer[: stop - start]
         start = stop
 
 
@@ -301,15 +307,18 @@ def _value_range(
     for n_blocks, (start, block) in enumerate(_blocks(dataset, runs)):
         only = (start, block) if n_blocks == 0 else None
         flat = block.reshape(block.shape[0], -1)
-        if block.dtype.kind == "f":
+        if not flat.size:
+            continue
+        b_lo, b_hi = flat.min(), flat.max()  # NaN and infinity show here: then look closer
+        if block.dtype.kind == "f" and not (np.isfinite(b_lo) and np.isfinite(b_hi)):
             ok = np.isfinite(flat).all(axis=1)
-            if not ok.all():
-                bad += [start + int(i) for i in np.flatnonzero(~ok)]
-                flat = flat[ok]
-        if flat.size:
+            bad += [start + int(i) for i in np.flatnonzero(~ok)]
+            flat = flat[ok]
+            if not flat.size:
+                continue
             b_lo, b_hi = flat.min(), flat.max()
-            lo = b_lo if lo is None else min(lo, b_lo)
-            hi = b_hi if hi is None else max(hi, b_hi)
+        lo = b_lo if lo is None else min(lo, b_lo)
+        hi = b_hi if hi is None else max(hi, b_hi)
     if lo is None:
         return 0, 0, bad, only
     as_number = int if dataset.dtype.kind in "uib" else float
@@ -331,16 +340,24 @@ def dataset_format(path: Path, name: str, dataset: Any) -> ArrayFormat:
 
 
 def _interlace(dataset: Any) -> str | None:
-    """The HDF5 image attribute ``INTERLACE_MODE`` of ``dataset``, if it is readable text."""
+    """The HDF5 image attribute ``INTERLACE_MODE`` of ``dataset`` when it is one short text
+    (its shape and type are checked before it is read)."""
+    import h5py
+
     try:
-        value = dataset.attrs.get("INTERLACE_MODE")
+        if "INTERLACE_MODE" not in dataset.attrs:
+            return None
+        attr = h5py.h5a.open(dataset.id, b"INTERLACE_MODE")
+        if attr.shape not in ((), (1,)) or attr.dtype.kind not in "SO":
+            return None
+        value = dataset.attrs["INTERLACE_MODE"]
     except _READ_ERRORS:
         return None
-    if isinstance(value, np.ndarray) and value.size == 1:
+    if isinstance(value, np.ndarray):
         value = value.ravel()[0]
     if isinstance(value, bytes):
         value = value.decode(errors="replace")
-    return value.strip().upper() if isinstance(value, str) else None
+    return value.strip().upper()[:32] if isinstance(value, str) else None
 
 
 def _array_records(

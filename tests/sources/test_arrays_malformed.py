@@ -60,14 +60,20 @@ def test_images_are_read_in_blocks_never_the_whole_dataset(
     block = 10 * 8 * 8 * 3 * 4  # ten float images
     monkeypatch.setattr(arrays, "BLOCK_BYTES", block)
     reads: list[int] = []
-    original = h5py.Dataset.__getitem__
+    getitem, read_direct = h5py.Dataset.__getitem__, h5py.Dataset.read_direct
 
-    def spy(self: h5py.Dataset, index: Any) -> Any:
-        out = original(self, index)
+    def spy_getitem(self: h5py.Dataset, index: Any) -> Any:
+        out = getitem(self, index)
         reads.append(np.asarray(out).nbytes)
         return out
 
-    monkeypatch.setattr(h5py.Dataset, "__getitem__", spy)
+    def spy_read_direct(self: h5py.Dataset, dest: np.ndarray, source: Any, *args: Any) -> None:
+        read_direct(self, dest, source, *args)
+        rows = range(self.shape[0])[source]
+        reads.append(len(rows) * self.dtype.itemsize * int(np.prod(self.shape[1:])))
+
+    monkeypatch.setattr(h5py.Dataset, "__getitem__", spy_getitem)
+    monkeypatch.setattr(h5py.Dataset, "read_direct", spy_read_direct)
     src = open_source(path)
     assert len(src.records) == 100
     assert reads and max(reads) <= block
