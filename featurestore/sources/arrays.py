@@ -228,8 +228,9 @@ def _images_dataset(f: Any, path: Path, name: str) -> Any:
 
 
 def _labels(f: Any, path: Path, name: str, n: int, classes: list[str] | None) -> list[str]:
-    """The label of each of ``n`` images from dataset ``name``: integers (via ``classes``
-    when one is in range), whole floats as integers, or text; Refused otherwise."""
+    """The label of each of ``n`` images from dataset ``name``: integers (an HDF5 enum's
+    names, else via ``classes`` when in range), whole floats as integers, or text; Refused
+    otherwise."""
     import h5py
 
     where = f"{path}::{name}"
@@ -265,6 +266,10 @@ def _labels(f: Any, path: Path, name: str, n: int, classes: list[str] | None) ->
                 f"({bad.size} such)",
             )
     ints = values.astype(np.int64) if kind != "u" else values
+    enum = h5py.check_enum_dtype(obj.dtype)
+    if enum:  # an HDF5 enum names its own values
+        names = {int(v): k for k, v in enum.items()}
+        return [names.get(v, str(v)) for v in map(int, ints)]
     return [classes[v] if classes and 0 <= v < len(classes) else str(v) for v in map(int, ints)]
 
 

@@ -194,6 +194,13 @@ def test_label_conversions_are_documented_ones(tmp_path: Path) -> None:
     assert [r.label for r in open_source(vlen, labels_key="y").records] == ["ant", "bee", "ant"]
     bools = _write(tmp_path / "b.h5", x=x, y=np.array([True, False, True]))
     assert [r.label for r in open_source(bools).records] == ["1", "0", "1"]
+    enum = tmp_path / "e.h5"
+    with h5py.File(enum, "w") as f:
+        f["x"] = x
+        kinds = h5py.enum_dtype({"ant": 0, "bee": 1}, basetype="i1")
+        f.create_dataset("y", data=np.array([1, 0, 2], "i1"), dtype=kinds)
+        f["list_classes"] = np.array([b"zero", b"one", b"two"])  # the enum's names win
+    assert [r.label for r in open_source(enum).records] == ["bee", "ant", "2"]
 
 
 def test_class_names_that_are_not_utf8_or_given_twice_are_kept_apart_with_a_warning(
