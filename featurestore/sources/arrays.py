@@ -36,7 +36,7 @@ from featurestore.sources.records import Record, Skipped, Source
 
 H5_SUFFIXES = (".h5", ".hdf5")
 BLOCK_BYTES = 64 << 20  # images read at a time
-MAX_IMAGES = 10_000_000  # per dataset: more records than that do not fit in memory
+MAX_IMAGES = 10_000_000  # per dataset: every image is a record held in memory for the run
 MAX_CLASS_NAMES = 100_000
 CLASS_NAME_DATASETS = ("list_classes", "classes", "class_names", "label_names")
 _SPLIT_RE = re.compile(r"(?:^|[^a-z])(train|val|validation|test)(?:[^a-z]|$)")
