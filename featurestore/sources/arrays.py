@@ -153,11 +153,11 @@ def _class_names(f: Any, name: str, notes: list[str]) -> list[str]:
     obj = lookup(f, name)
     if not isinstance(obj, h5py.Dataset):
         raise Refused(where, "a group, not a dataset of names")
+    if obj.size > MAX_CLASS_NAMES:
+        raise Refused(where, f"{obj.size:,} names (more than {MAX_CLASS_NAMES:,})")
     check_inside(f, obj, where)
     if unwritten_runs(obj):
         raise Refused(where, "never written")
-    if obj.size > MAX_CLASS_NAMES:
-        raise Refused(where, f"{obj.size:,} names (more than {MAX_CLASS_NAMES:,})")
     if obj.dtype.kind not in "SOUuib" or (
         obj.dtype.kind == "O" and h5py.check_string_dtype(obj.dtype) is None
     ):

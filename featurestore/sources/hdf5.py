@@ -25,6 +25,8 @@ import stat
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from featurestore.decode import file_type
 from featurestore.errors import SourceError
 
@@ -193,20 +195,22 @@ def unwritten_runs(dataset: Any, *, depth: int = 0) -> list[tuple[int, int]]:
     rows = math.ceil(n / chunks[0])
     grid = zip(dataset.shape[1:], chunks[1:], strict=True)
     per_row = math.prod(math.ceil(s / c) for s, c in grid)
-    if dataset.id.get_num_chunks() == rows * per_row:
+    stored_chunks = dataset.id.get_num_chunks()
+    if stored_chunks == rows * per_row:
         return []
-    stored = [0] * rows
+    if stored_chunks == 0:
+        return [(0, n)]
+    stored = np.zeros(rows, np.int64)
 
     def count(info: Any) -> None:
         stored[info.chunk_offset[0] // chunks[0]] += 1
 
     dataset.id.chunk_iter(count)
     runs: list[tuple[int, int]] = []
-    for row, have in enumerate(stored):
-        if have < per_row:
-            start, stop = row * chunks[0], min(n, (row + 1) * chunks[0])
-            if runs and runs[-1][1] == start:
-                runs[-1] = (runs[-1][0], stop)
-            else:
-                runs.append((start, stop))
+    for row in np.flatnonzero(stored < per_row).tolist():
+        start, stop = row * chunks[0], min(n, (row + 1) * chunks[0])
+        if runs and runs[-1][1] == start:
+            runs[-1] = (runs[-1][0], stop)
+        else:
+            runs.append((start, stop))
     return runs

@@ -285,3 +285,16 @@ def test_float16_labels_are_read_without_overflow_warnings(tmp_path: Path) -> No
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert [r.label for r in open_source(path, labels_key="y").records] == ["1", "2"]
+
+
+def test_a_huge_declared_class_name_dataset_is_refused_by_its_size(tmp_path: Path) -> None:
+    path = tmp_path / "names.h5"
+    with h5py.File(path, "w") as f:
+        f["x"] = np.zeros((2, 4, 4), np.uint8)
+        f["y"] = np.array([0, 1])
+        f.create_dataset("list_classes", (10**13,), "S4", chunks=(1000,))  # nothing stored
+    src = open_source(path)
+    assert [r.label for r in src.records] == ["0", "1"]
+    assert src.warnings == [
+        f"{path}::list_classes: 10,000,000,000,000 names (more than 100,000); class names not used"
+    ]
