@@ -9,7 +9,6 @@ every string is exactly what str(Path) gave for the same file.
 from __future__ import annotations
 
 import os
-import stat
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -17,7 +16,7 @@ from typing import Any
 
 from PIL import Image
 
-from featurestore.decode import IMAGE_EXTENSIONS, decode_file
+from featurestore.decode import IMAGE_EXTENSIONS, NotRegularFile, decode_file, open_regular
 from featurestore.keys import file_key
 from featurestore.sources.loading import register_loader
 from featurestore.sources.records import Record, Skipped, Source
@@ -43,29 +42,24 @@ def hash_files(paths: Sequence[str], *, threads: int = 4) -> list[tuple[str | No
 
 
 def _hash_one(path: str) -> tuple[str | None, str | None]:
+    """(key, None) for a regular file with bytes; (None, the reason) for anything else. The
+    file is opened without blocking and checked on its descriptor, so a FIFO or a device (even
+    one swapped in after listing) is never read."""
     try:
-        st = os.stat(path)
-        if not stat.S_ISREG(st.st_mode):  # a FIFO would block, a device never end
-            return None, f"not a regular file ({file_type(st.st_mode)})"
-        if st.st_size == 0:
-            return None, "empty file (0 bytes)"
-        return file_key(path), None  # type: ignore[arg-type]  # it opens a str as well
+        fd, st = open_regular(path)
+    except NotRegularFile as exc:
+        return None, str(exc)
     except OSError as exc:
         return None, f"cannot read: {exc.strerror or exc}"
-
-
-def file_type(mode: int) -> str:
-    """What a ``st_mode`` that is not a regular file is, in words."""
-    for test, name in (
-        (stat.S_ISDIR, "a folder"),
-        (stat.S_ISFIFO, "a FIFO"),
-        (stat.S_ISSOCK, "a socket"),
-        (stat.S_ISCHR, "a character device"),
-        (stat.S_ISBLK, "a block device"),
-    ):
-        if test(mode):
-            return name
-    return "not a plain file"
+    except ValueError as exc:  # a NUL character in the path
+        return None, f"cannot read: {exc}"
+    if st.st_size == 0:
+        os.close(fd)
+        return None, "empty file (0 bytes)"
+    try:
+        return file_key(fd), None  # type: ignore[arg-type]  # open() takes a descriptor too
+    except OSError as exc:
+        return None, f"cannot read: {exc.strerror or exc}"
 
 
 def suffix(path: str) -> str:
@@ -75,11 +69,13 @@ def suffix(path: str) -> str:
     return name[i:] if 0 < i < len(name) - 1 else ""
 
 
-def walk_files(root: Path, skipped: list[Skipped]) -> Iterator[tuple[Path, list[str]]]:
+def walk_files(
+    root: Path, skipped: list[Skipped], *, seen: set[tuple[int, int]] | None = None
+) -> Iterator[tuple[Path, list[str]]]:
     """(folder, its file names sorted) for ``root`` and each folder under it, top-down with
-    sub-folders sorted, following directory symlinks once (loops are skipped); hidden names are
-    left out."""
-    seen: set[tuple[int, int]] = set()
+    sub-folders sorted, following directory symlinks once (a folder already visited, or in
+    ``seen``, is skipped as a loop); hidden names are left out."""
+    seen = set() if seen is None else seen
 
     def onerror(exc: OSError) -> None:
         skipped.append(Skipped(str(exc.filename), f"cannot list: {exc.strerror or exc}"))

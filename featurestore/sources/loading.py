@@ -54,6 +54,13 @@ class ImageLoader:
     def __getstate__(self) -> dict[str, Any]:
         return {"_loaders": {}}  # handles are reopened in each process
 
+    def close(self) -> None:
+        """Close what the kinds' loaders hold open (HDF5 files); a later load reopens it."""
+        for loader in self._loaders.values():
+            close = getattr(loader, "close", None)
+            if close is not None:
+                close()
+
     def load(self, record: Record, *, draft_size: int | None = None) -> Image.Image:
         kind = record.ref[0]
         loader = self._loaders.get(kind)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from conftest import SHARED
 
-from featurestore.decode import array_to_image
+from featurestore.decode import ArrayFormat, array_to_image
 from featurestore.keys import array_key
 from featurestore.sources import SourceError, open_source
 from featurestore.sources.arrays import ArrayLoader, detect_arrays, from_hdf5, split_from
@@ -41,7 +41,8 @@ def test_image_label_and_class_datasets_are_detected(tmp_path: Path) -> None:
     assert {r.split for r in src.records} == {"train"}
     r = src.records[3]
     assert r.key == array_key(images[3]) and r.path == f"{path}::train_set_x[3]"
-    assert r.ref == ("h5", str(path), "train_set_x", 3)
+    fmt = ArrayFormat("|u1", (16, 16, 3), channels_first=False, scale=1.0)  # uint8: as is
+    assert r.ref == ("h5", str(path), "train_set_x", 3, fmt)
     assert np.array_equal(np.asarray(src.loader.load(r)), images[3])
 
 

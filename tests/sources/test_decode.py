@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 from typing import Any
 
@@ -98,8 +99,11 @@ def test_undecodable_bytes_raise_decode_error(data: bytes, reason: str) -> None:
 def test_decode_file_reads_and_turns_os_errors_into_decode_errors(tmp_path: Path) -> None:
     (tmp_path / "a.png").write_bytes(_encode(_noise(3, 2), "PNG"))
     assert decode_file(tmp_path / "a.png").size == (3, 2)
-    with pytest.raises(DecodeError, match="cannot read: Is a directory"):
+    with pytest.raises(DecodeError, match=r"not a regular file \(a folder\)"):
         decode_file(tmp_path)
+    os.mkfifo(tmp_path / "pipe.png")  # never opened: a FIFO would block the reader
+    with pytest.raises(DecodeError, match=r"not a regular file \(a FIFO\)"):
+        decode_file(tmp_path / "pipe.png")
     with pytest.raises(DecodeError, match="cannot read: No such file"):
         decode_file(tmp_path / "gone.png")
 
@@ -118,11 +122,13 @@ def test_arrays_of_every_layout_become_rgb(shape: tuple[int, ...], moved: bool) 
     assert np.array_equal(np.asarray(out), expected)
 
 
-def test_float_arrays_in_0_1_are_scaled_and_others_clipped() -> None:
-    unit = np.array([[0.0, 0.5], [1.0, 0.25]])
+def test_one_array_is_read_as_a_dataset_of_that_one_image() -> None:
+    unit = np.array([[0.0, 0.5], [1.0, 0.25]])  # floats in [0, 1]: times 255
     assert np.asarray(array_to_image(unit))[..., 0].tolist() == [[0, 128], [255, 64]]
-    wide = np.array([[-5.0, 2.0], [300.0, 100.4]])  # not in [0, 1]: taken as 0..255
+    wide = np.array([[0.0, 2.0], [255.0, 100.4]])  # floats up to 255: as is, rounded
     assert np.asarray(array_to_image(wide))[..., 0].tolist() == [[0, 2], [255, 100]]
+    with pytest.raises(DecodeError, match=r"negative values \(minimum -5\)"):
+        array_to_image(np.array([[-5.0, 2.0], [300.0, 100.4]]))  # was clipped to black
     rgba = np.zeros((1, 1, 4), np.uint8)  # transparent: white
     assert np.asarray(array_to_image(rgba))[0, 0].tolist() == [255, 255, 255]
 
