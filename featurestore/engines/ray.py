@@ -43,8 +43,10 @@ import math
 import os
 import pickle
 import re
+import signal
 import socket
 import sys
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -193,14 +195,35 @@ def _connection(ray: Any, address: str | None) -> Iterator[None]:
     kwargs: dict[str, Any] = {"log_to_driver": False, "logging_level": level}
     if address is None and not os.environ.get("RAY_ADDRESS"):
         kwargs["include_dashboard"] = False
+    handlers = _signal_handlers()
     try:
         ray.init(address=address, **kwargs)
     except (ConnectionError, ValueError, RuntimeError) as exc:
         raise ExtractError(f"cannot connect to the Ray cluster at {address}: {exc}") from None
+    finally:
+        # ray.init installs its own SIGTERM/SIGINT handlers in the driver and leaves them
+        # after shutdown; the caller's (Ctrl-C and SIGTERM as KeyboardInterrupt) stay in force
+        _restore_signal_handlers(handlers)
     try:
         yield
     finally:
         ray.shutdown()
+        _restore_signal_handlers(handlers)
+
+
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _signal_handlers() -> dict[int, Any]:
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {sig: signal.getsignal(sig) for sig in _SIGNALS}
+
+
+def _restore_signal_handlers(handlers: dict[int, Any]) -> None:
+    for sig, handler in handlers.items():
+        if handler is not None:
+            signal.signal(sig, handler)
 
 
 def _blocks(records: Sequence[Record], per_block: int) -> list[Any]:

@@ -99,6 +99,9 @@ def _pythonpath() -> Iterator[None]:
 def cluster() -> Iterator[Any]:
     from ray.cluster_utils import Cluster
 
+    # the head node installs SIGTERM/SIGINT handlers in this process; later tests see the
+    # handlers they would see without this module
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     with _pythonpath():
         c = Cluster(
             initialize_head=True,
@@ -116,6 +119,8 @@ def cluster() -> Iterator[Any]:
             yield c
         finally:
             c.shutdown()
+            for sig, handler in saved.items():
+                signal.signal(sig, handler)
 
 
 def _extract(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import signal
 import socket
 import subprocess
 import sys
@@ -26,6 +27,7 @@ from hypothesis import strategies as st
 
 from featurestore import worklist
 from featurestore.engines import check_engine
+from featurestore.engines import ray as ray_engine
 from featurestore.engines.ray import (
     ForwardActor,
     _as_user_error,
@@ -152,6 +154,40 @@ def test_an_actor_refuses_another_fingerprint_other_versions_and_a_missing_cache
         _actor(store, extractor.options, fingerprint="0" * 64)
     with pytest.raises(ExtractError, match="versions"):
         _actor(store, extractor.options, versions={**_versions(), "torch": "1.0"})
+
+
+def test_connecting_leaves_the_callers_signal_handlers_in_force() -> None:
+    """ray.init installs SIGTERM/SIGINT handlers in the driver and keeps them after shutdown;
+    the engine puts the caller's back at once, so Ctrl-C and SIGTERM still end a run cleanly."""
+
+    def ours(signum: int, frame: object) -> None:  # pragma: no cover - never called
+        pass
+
+    def theirs(signum: int, frame: object) -> None:  # pragma: no cover - never called
+        pass
+
+    calls: list[str] = []
+
+    class FakeRay:
+        def init(self, **kwargs: Any) -> None:
+            calls.append("init")
+            signal.signal(signal.SIGTERM, theirs)
+            signal.signal(signal.SIGINT, theirs)
+
+        def shutdown(self) -> None:
+            calls.append("shutdown")
+
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        signal.signal(signal.SIGTERM, ours)
+        with ray_engine._connection(FakeRay(), None):
+            assert signal.getsignal(signal.SIGTERM) is ours
+            assert signal.getsignal(signal.SIGINT) is saved[signal.SIGINT]
+        assert calls == ["init", "shutdown"]
+        assert signal.getsignal(signal.SIGTERM) is ours
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
 
 
 # ---------------------------------------------------------------------------- errors
