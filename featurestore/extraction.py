@@ -6,6 +6,10 @@ looks its keys up in the store and hands only the missing images to the extracti
 imported only when at least one image needs extracting (or the options need a torch device
 checked: ``device`` other than ``cpu``/``auto``, or ``precision="fp16"``): a run whose rows are
 all cached never pays for loading torch.
+
+With ``views`` (:mod:`featurestore.views`) each view has its own store (view 0's is the plain
+store); the lookup finds, per image, the views missing from their stores, and the pipeline
+computes only those (image, view) pairs, decoding each image once.
 """
 
 from __future__ import annotations
@@ -21,9 +25,10 @@ from featurestore import runtime
 from featurestore.config import cache_root
 from featurestore.errors import ExtractError, OptionError
 from featurestore.extractor import Extractor, resolve
-from featurestore.options import ExtractorOptions
+from featurestore.options import ExtractorOptions, check_view_policy
 from featurestore.sources import Record, Skipped, SkippedFiles, Source, open_source
 from featurestore.store import FeatureStore, StoreCorruptError, StoreError
+from featurestore.views import ViewPolicy, ViewTodo, get_policy
 
 log = logging.getLogger(__name__)
 
@@ -57,10 +62,19 @@ class ExtractResult:
     timings: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     extractor: Extractor | None = field(default=None, repr=False, compare=False)
+    views: str | None = None
+    views_per_image: int = 1
+    n_views_extracted: int = 0
+    n_views_reused: int = 0
+    view_stores: list[Path] = field(default_factory=list)
 
     @property
     def images_per_s(self) -> float:
         return self.n_extracted / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def views_per_s(self) -> float:
+        return self.n_views_extracted / self.seconds if self.seconds > 0 else 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -83,6 +97,12 @@ class ExtractResult:
             "workers": self.workers,
             "timings": {k: round(v, 3) for k, v in self.timings.items()},
             "warnings": self.warnings,
+            "views": self.views,
+            "views_per_image": self.views_per_image,
+            "views_extracted": self.n_views_extracted,
+            "views_reused": self.n_views_reused,
+            "views_per_s": round(self.views_per_s, 2),
+            "view_stores": [str(p) for p in self.view_stores],
         }
 
 
@@ -105,6 +125,7 @@ def extract(
     split: str | None = None,
     images_key: str | None = None,
     labels_key: str | None = None,
+    views: str | ViewPolicy | None = None,
 ) -> ExtractResult:
     """Extract features of every image of ``source`` not yet in the store; return a summary.
 
@@ -115,6 +136,13 @@ def extract(
     content key, same extractor fingerprint) are reused, never recomputed. The result carries
     the resolved :class:`~featurestore.extractor.Extractor`, so callers need not resolve again.
 
+    ``views``: a view policy (``"flip"``, ``"crops10"``, ``"random16"``, see
+    :mod:`featurestore.views`): extract every view of every image instead, each view into its own
+    store (view 0, the plain eval transform, into the plain store). Only the (image, view) pairs
+    not cached are computed; the result counts images (``n_extracted``: images with a view
+    computed, ``n_reused``: images with every view cached) and views (``n_views_extracted``,
+    ``n_views_reused``).
+
     torch is imported only when an image needs extracting, or up front when the options need a
     torch device checked (``device`` other than ``"cpu"``/``"auto"``, or ``precision="fp16"``).
     When nothing was extracted, the result's ``device`` is ``device`` as given (``"auto"`` is not
@@ -123,6 +151,7 @@ def extract(
     start = time.perf_counter()
     if batch_size < 1:
         raise OptionError(f"batch_size must be >= 1, got {batch_size}")
+    policy = get_policy(check_view_policy(views)) if views is not None else None
     if isinstance(backbone, ExtractorOptions):
         options = backbone
     else:
@@ -153,17 +182,20 @@ def extract(
     warnings += src.warnings
     if strict and skipped:
         raise ExtractError(f"{skipped[0].path}: {skipped[0].reason} (--strict)")
-    store = FeatureStore.for_spec(cache_root(cache_dir), extractor.spec)
+    specs = [extractor.spec] if policy is None else policy.specs(extractor.spec)
+    stores = [FeatureStore.for_spec(cache_root(cache_dir), spec) for spec in specs]
+    store = stores[0]
     t = time.perf_counter()
-    store.check()  # refuse to append to a damaged store
-    have = store.keys()
     unique: dict[str, Record] = {}
     for r in records:
         unique.setdefault(r.key, r)
-    todo = [r for k, r in unique.items() if k not in have]
+    todo, wants = _missing(stores, unique)
+    view_todo = None if policy is None else ViewTodo(policy, tuple(stores), tuple(wants))
     timings["lookup"] = time.perf_counter() - t
     n_workers = 0 if workers is None else workers
     written = 0
+    written_per_store = [0] * len(stores)
+    images_written = 0
     finished = False
     try:
         if todo:
@@ -192,15 +224,20 @@ def extract(
                 strict=strict,
                 progress=progress,
                 source_name=src.name,
+                views=view_todo,
             )
             timings.update(stats.timings)
             written = stats.written
+            written_per_store = stats.written_per_store
+            images_written = stats.images
             skipped.update(_every_path_of(stats.skipped, records, todo))
         finished = True
     finally:
         t = time.perf_counter()
-        _compact(store, finished=finished, written=written, warnings=warnings)
+        _compact_all(stores, written_per_store, finished=finished, warnings=warnings)
         timings["compact"] = time.perf_counter() - t
+    n_pairs = len(unique) * len(stores)
+    wanted = sum(len(w) for w in wants)
     return ExtractResult(
         source=src.name,
         backbone=extractor.backbone.name,
@@ -208,7 +245,7 @@ def extract(
         store=store.path,
         n_images=len(records),
         n_unique=len(unique),
-        n_extracted=written,
+        n_extracted=images_written,
         n_reused=len(unique) - len(todo),
         skipped=list(skipped),
         seconds=time.perf_counter() - start,
@@ -220,7 +257,31 @@ def extract(
         timings=timings,
         warnings=warnings,
         extractor=extractor,
+        views=None if policy is None else policy.name,
+        views_per_image=len(stores),
+        n_views_extracted=written,
+        n_views_reused=n_pairs - wanted,
+        view_stores=[s.path for s in stores] if policy is not None else [],
     )
+
+
+def _missing(
+    stores: list[FeatureStore], unique: dict[str, Record]
+) -> tuple[list[Record], list[tuple[int, ...]]]:
+    """The images with a row missing from one of ``stores`` (view ``i``'s at ``i``) and, for
+    each, which views are missing. Refuses to go on if a store is damaged."""
+    have = []
+    for s in stores:
+        s.check()  # refuse to append to a damaged store
+        have.append(s.keys())
+    todo: list[Record] = []
+    wants: list[tuple[int, ...]] = []
+    for k, r in unique.items():
+        missing = tuple(v for v, keys in enumerate(have) if k not in keys)
+        if missing:
+            todo.append(r)
+            wants.append(missing)
+    return todo, wants
 
 
 def _every_path_of(bad: list[Skipped], records: list[Record], todo: list[Record]) -> list[Skipped]:
@@ -232,6 +293,21 @@ def _every_path_of(bad: list[Skipped], records: list[Record], todo: list[Record]
     return [
         Skipped(r.path, s.reason) for s in bad for r in paths_of.get(key_of.get(s.path, ""), [s])
     ]
+
+
+def _compact_all(
+    stores: list[FeatureStore], written: list[int], *, finished: bool, warnings: list[str]
+) -> None:
+    """:func:`_compact` every store of the run (each view's); the first error is raised once
+    every store had its turn."""
+    error: BaseException | None = None
+    for store, n in zip(stores, written, strict=True):
+        try:
+            _compact(store, finished=finished, written=n, warnings=warnings)
+        except Exception as exc:  # noqa: BLE001 - raised below, after the other stores
+            error = error or exc
+    if error is not None:
+        raise error
 
 
 def _compact(store: FeatureStore, *, finished: bool, written: int, warnings: list[str]) -> None:
