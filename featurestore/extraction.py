@@ -25,7 +25,7 @@ from featurestore import runtime
 from featurestore.config import cache_root
 from featurestore.errors import ExtractError, OptionError
 from featurestore.extractor import Extractor, resolve
-from featurestore.options import ExtractorOptions, check_view_policy
+from featurestore.options import ExtractorOptions
 from featurestore.sources import Record, Skipped, SkippedFiles, Source, open_source
 from featurestore.store import FeatureStore, StoreCorruptError, StoreError
 from featurestore.views import ViewPolicy, ViewTodo, get_policy
@@ -151,7 +151,7 @@ def extract(
     start = time.perf_counter()
     if batch_size < 1:
         raise OptionError(f"batch_size must be >= 1, got {batch_size}")
-    policy = get_policy(check_view_policy(views)) if views is not None else None
+    policy = get_policy(views) if views is not None else None
     if isinstance(backbone, ExtractorOptions):
         options = backbone
     else:
