@@ -163,10 +163,9 @@ def _predict(model: Any, feats: Features, tta: bool) -> tuple[np.ndarray, np.nda
     if not tta:
         return plain.y, model.predict(plain.X)
     scores, keys = average_views(model.decision_function(feats.X), feats.keys)
-    assert keys == plain.keys
-    classes = model.classes_
     idx = (scores > 0).astype(int) if scores.ndim == 1 else scores.argmax(axis=1)
-    return plain.y, classes[idx]
+    predicted = dict(zip(keys, model.classes_[idx], strict=True))  # one per distinct image
+    return plain.y, np.array([predicted[k] for k in plain.keys])
 
 
 def accuracy_rows(

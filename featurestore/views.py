@@ -65,6 +65,7 @@ __all__ = [
     "random16_box",
     "random16_params",
     "render_base",
+    "render_plain",
     "render_views",
 ]
 
