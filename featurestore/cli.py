@@ -14,7 +14,13 @@ import click
 from featurestore.backbones.spec import PRE_LOGITS
 from featurestore.engines import ENGINES
 from featurestore.errors import FeatureStoreError
-from featurestore.options import DECODES, POOLINGS, PRECISIONS, ExtractorOptions
+from featurestore.options import (
+    DECODES,
+    POOLINGS,
+    PRECISIONS,
+    VIEW_POLICIES,
+    ExtractorOptions,
+)
 
 EXIT_SKIPPED = 3  # the run finished but some images were skipped
 EXIT_INTERRUPTED = 130  # Ctrl-C / SIGINT, as shells report it
@@ -162,9 +168,16 @@ def _print_summary(r: Any) -> None:
     click.echo(f"extracted  {d['extracted']}")
     click.echo(f"reused     {d['reused']}")
     click.echo(f"skipped    {d['skipped']}")
+    if d["views"]:
+        click.echo(
+            f"views      {d['views']}: {d['views_per_image']} per image, "
+            f"{d['views_extracted']} extracted, {d['views_reused']} reused"
+        )
     for s in r.skipped:
         click.echo(f"  - {click.format_filename(s.path)}: {s.reason}")  # any bytes print
     rate = f"{d['images_per_s']:.1f} images/s" if d["extracted"] else "no forward pass"
+    if d["views"] and d["extracted"]:
+        rate += f", {d['views_per_s']:.1f} views/s"
     click.echo(f"time       {d['seconds']:.2f} s ({rate})")
     click.echo(f"store      {d['store']}")
     for w in r.warnings:
@@ -209,6 +222,15 @@ def _print_summary(r: Any) -> None:
 @click.option("--images-key", default=None, help="HDF5 sources: dataset holding the images.")
 @click.option("--labels-key", default=None, help="HDF5 sources: dataset holding the labels.")
 @click.option("--strict", is_flag=True, help="Stop at the first file that cannot be read.")
+@click.option(
+    "--views",
+    type=click.Choice(VIEW_POLICIES),
+    default=None,
+    help="Also extract K augmented views of each image, each cached like a plain row: flip "
+    "(2: centre crop, mirror), crops10 (10: centre and 4 corner crops, each mirrored), "
+    "random16 (16: centre crop and 15 seeded random resized crops with flips and mild colour "
+    "jitter). View 0 is the plain row (the same store); only missing views are computed.",
+)
 @_cache_opt
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
 def extract(source: str, backbone: str, as_json: bool, **kw: Any) -> None:

@@ -6,6 +6,10 @@ looks its keys up in the store and hands only the missing images to the extracti
 imported only when at least one image needs extracting (or the options need a torch device
 checked: ``device`` other than ``cpu``/``auto``, or ``precision="fp16"``): a run whose rows are
 all cached never pays for loading torch.
+
+With ``views`` (:mod:`featurestore.views`) each view has its own store (view 0's is the plain
+store); the lookup finds, per image, the views missing from their stores, and the pipeline
+computes only those (image, view) pairs, decoding each image once.
 """
 
 from __future__ import annotations
@@ -23,8 +27,9 @@ from featurestore.engines import check_engine
 from featurestore.errors import ExtractError, OptionError
 from featurestore.extractor import Extractor, resolve
 from featurestore.options import ExtractorOptions
-from featurestore.sources import Record, Skipped, SkippedFiles, Source, open_source
+from featurestore.sources import ImageLoader, Record, Skipped, SkippedFiles, Source, open_source
 from featurestore.store import FeatureStore, StoreCorruptError, StoreError
+from featurestore.views import ViewPolicy, ViewTodo, get_policy
 
 log = logging.getLogger(__name__)
 
@@ -66,10 +71,19 @@ class ExtractResult:
     warnings: list[str] = field(default_factory=list)
     extractor: Extractor | None = field(default=None, repr=False, compare=False)
     engine: str = "local"
+    views: str | None = None
+    views_per_image: int = 1
+    n_views_extracted: int = 0
+    n_views_reused: int = 0
+    view_stores: list[Path] = field(default_factory=list)
 
     @property
     def images_per_s(self) -> float:
         return self.n_extracted / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def views_per_s(self) -> float:
+        return self.n_views_extracted / self.seconds if self.seconds > 0 else 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -93,6 +107,12 @@ class ExtractResult:
             "timings": {k: round(v, 3) for k, v in self.timings.items()},
             "warnings": self.warnings,
             "engine": self.engine,
+            "views": self.views,
+            "views_per_image": self.views_per_image,
+            "views_extracted": self.n_views_extracted,
+            "views_reused": self.n_views_reused,
+            "views_per_s": round(self.views_per_s, 2),
+            "view_stores": [str(p) for p in self.view_stores],
         }
 
 
@@ -117,6 +137,7 @@ def extract(
     labels_key: str | None = None,
     engine: str = "local",
     address: str | None = None,
+    views: str | ViewPolicy | None = None,
 ) -> ExtractResult:
     """Extract features of every image of ``source`` not yet in the store; return a summary.
 
@@ -126,6 +147,13 @@ def extract(
     ``nodes`` ... ``decode`` are not given). Images whose rows are already in the store (same
     content key, same extractor fingerprint) are reused, never recomputed. The result carries
     the resolved :class:`~featurestore.extractor.Extractor`, so callers need not resolve again.
+
+    ``views``: a view policy (``"flip"``, ``"crops10"``, ``"random16"``, see
+    :mod:`featurestore.views`): extract every view of every image instead, each view into its own
+    store (view 0, the plain eval transform, into the plain store). Only the (image, view) pairs
+    not cached are computed; the result counts images (``n_extracted``: images with a view
+    computed, ``n_reused``: images with every view cached) and views (``n_views_extracted``,
+    ``n_views_reused``).
 
     torch is imported only when an image needs extracting, or up front when the options need a
     torch device checked (``device`` other than ``"cpu"``/``"auto"``, or ``precision="fp16"``).
@@ -148,6 +176,9 @@ def extract(
     check_engine(engine, address)
     if batch_size < 1:
         raise OptionError(f"batch_size must be >= 1, got {batch_size}")
+    policy = get_policy(views) if views is not None else None
+    if policy is not None and engine != "local":
+        raise OptionError("views are extracted by the local engine only; leave out --engine ray")
     if isinstance(backbone, ExtractorOptions):
         options = backbone
     else:
@@ -163,7 +194,6 @@ def extract(
     early = engine == "local" and runtime.device_needs_torch(device, options.precision)
     dev = runtime.resolve_device(device) if early else None
     dev_type = dev.type if dev is not None else ("cpu" if device == "cpu" else None)
-    ran_on: str | None = None  # the device type of a run on a cluster
     warnings = runtime.precision_warnings(options.precision, dev_type)
     extractor = resolve(options)
     timings: dict[str, float] = {}
@@ -179,91 +209,169 @@ def extract(
     warnings += src.warnings
     if strict and skipped:
         raise ExtractError(f"{skipped[0].path}: {skipped[0].reason} (--strict)")
-    store = FeatureStore.for_spec(cache_root(cache_dir), extractor.spec)
+    specs = [extractor.spec] if policy is None else policy.specs(extractor.spec)
+    stores = [FeatureStore.for_spec(cache_root(cache_dir), spec) for spec in specs]
     t = time.perf_counter()
-    store.check()  # refuse to append to a damaged store
-    n_unique, todo = worklist.missing(records, store.key_array())
+    for s in stores:
+        s.check()  # refuse to append to a damaged store
+    n_unique, todo, wants = worklist.missing_per_store(records, [s.key_array() for s in stores])
     timings["lookup"] = time.perf_counter() - t
-    n_workers = 0 if workers is None else workers
-    written = 0
+    work = _Work(
+        extractor=extractor,
+        todo=todo,
+        loader=src.loader,
+        stores=stores,
+        views=None if policy is None else ViewTodo(policy, tuple(stores), tuple(wants)),
+        batch_size=batch_size,
+        strict=strict,
+        progress=progress,
+        source_name=src.name,
+    )
+    run = _Outcome(workers=0 if workers is None else workers, per_store=[0] * len(stores))
     finished = False
     # SIGTERM stops the run as Ctrl-C does: the finished batches are kept, the workers shut
     # down and the journal merged; then Terminated (a KeyboardInterrupt) reaches the caller.
     with runtime.sigterm_interrupts():
         try:
             if todo and engine == "ray":
-                cluster = _ray_engine().run_extraction(
-                    extractor,
-                    todo,
-                    src.loader,
-                    store,
-                    address=address,
-                    device=device,
-                    batch_size=batch_size,
-                    actors=workers,
-                    strict=strict,
-                    progress=progress,
-                    source_name=src.name,
-                )
-                timings.update(cluster.timings)
-                written, n_workers, ran_on = cluster.written, cluster.workers, cluster.device
-                warnings[:0] = cluster.warnings
-                skipped.update(_every_path_of(cluster.skipped, records, todo))
+                run = _run_on_ray(work, address=address, device=device, actors=workers)
             elif todo:
-                t = time.perf_counter()
-                pipeline = _pipeline_module()  # torch is imported here, and only here
-                timings["import"] = time.perf_counter() - t
-                if dev is None:
-                    dev = runtime.resolve_device(device)
-                    warnings[:0] = runtime.precision_warnings(options.precision, dev.type)
-                plan = runtime.plan_workers(dev, workers, len(todo))
-                n_workers = plan.workers
-                log.info(
-                    "extracting %d of %d images with %s",
-                    len(todo),
-                    n_unique,
-                    extractor.backbone.name,
-                )
-                stats = pipeline.run_extraction(
-                    extractor,
-                    todo,
-                    src.loader,
-                    store,
-                    device=dev,
-                    batch_size=batch_size,
-                    plan=plan,
-                    strict=strict,
-                    progress=progress,
-                    source_name=src.name,
-                )
-                timings.update(stats.timings)
-                written = stats.written
-                skipped.update(_every_path_of(stats.skipped, records, todo))
+                run = _run_locally(work, dev, device=device, workers=workers, n_unique=n_unique)
             finished = True
         finally:
             t = time.perf_counter()
-            _compact(store, finished=finished, written=written, warnings=warnings)
+            _compact_all(stores, run.per_store, finished=finished, warnings=warnings)
             timings["compact"] = time.perf_counter() - t
+    timings.update(run.timings)
+    warnings[:0] = run.warnings
+    skipped.update(_every_path_of(run.skipped, records, todo))
+    wanted = sum(len(w) for w in wants)
     return ExtractResult(
         source=src.name,
         backbone=extractor.backbone.name,
         fingerprint=extractor.fingerprint,
-        store=store.path,
+        store=stores[0].path,
         n_images=len(records),
         n_unique=n_unique,
-        n_extracted=written,
+        n_extracted=run.images,
         n_reused=n_unique - len(todo),
         skipped=list(skipped),
         seconds=time.perf_counter() - start,
-        feature_dim=store.feature_dim(),
-        device=ran_on or (str(dev) if dev is not None else device),
+        feature_dim=stores[0].feature_dim(),
+        device=run.device or (str(dev) if dev is not None else device),
         precision=options.precision,
         batch_size=batch_size,
-        workers=n_workers,
+        workers=run.workers,
         timings=timings,
         warnings=warnings,
         extractor=extractor,
         engine=engine,
+        views=None if policy is None else policy.name,
+        views_per_image=len(stores),
+        n_views_extracted=run.written,
+        n_views_reused=n_unique * len(stores) - wanted,
+        view_stores=[s.path for s in stores] if policy is not None else [],
+    )
+
+
+@dataclass(frozen=True)
+class _Work:
+    """What a run computes: ``todo`` (the records with a row missing) into ``stores`` (one, or
+    each view's) through the extractor, as the caller asked."""
+
+    extractor: Extractor
+    todo: list[Record]
+    loader: ImageLoader
+    stores: list[FeatureStore]
+    views: ViewTodo | None
+    batch_size: int
+    strict: bool
+    progress: bool
+    source_name: str
+
+
+@dataclass
+class _Outcome:
+    """What an engine did: rows written (in all, and to each store), images with a row
+    written, images skipped, where it ran, and its timings and warnings."""
+
+    workers: int
+    per_store: list[int]
+    written: int = 0
+    images: int = 0
+    skipped: list[Skipped] = field(default_factory=list)
+    device: str | None = None  # None: the device the caller resolved
+    timings: dict[str, float] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+
+def _run_on_ray(work: _Work, *, address: str | None, device: str, actors: int | None) -> _Outcome:
+    """The work on a Ray cluster (:mod:`featurestore.engines.ray`; no views)."""
+    cluster = _ray_engine().run_extraction(
+        work.extractor,
+        work.todo,
+        work.loader,
+        work.stores[0],
+        address=address,
+        device=device,
+        batch_size=work.batch_size,
+        actors=actors,
+        strict=work.strict,
+        progress=work.progress,
+        source_name=work.source_name,
+    )
+    return _Outcome(
+        workers=cluster.workers,
+        per_store=[cluster.written],
+        written=cluster.written,
+        images=cluster.written,
+        skipped=cluster.skipped,
+        device=cluster.device,
+        timings=cluster.timings,
+        warnings=cluster.warnings,
+    )
+
+
+def _run_locally(
+    work: _Work, dev: Any, *, device: str, workers: int | None, n_unique: int
+) -> _Outcome:
+    """The work on this machine (:mod:`featurestore.pipeline`, which imports torch)."""
+    t = time.perf_counter()
+    pipeline = _pipeline_module()  # torch is imported here, and only here
+    timings = {"import": time.perf_counter() - t}
+    warnings: list[str] = []
+    if dev is None:
+        dev = runtime.resolve_device(device)
+        warnings = runtime.precision_warnings(work.extractor.options.precision, dev.type)
+    plan = runtime.plan_workers(dev, workers, len(work.todo))
+    log.info(
+        "extracting %d of %d images with %s",
+        len(work.todo),
+        n_unique,
+        work.extractor.backbone.name,
+    )
+    stats = pipeline.run_extraction(
+        work.extractor,
+        work.todo,
+        work.loader,
+        work.stores[0],
+        device=dev,
+        batch_size=work.batch_size,
+        plan=plan,
+        strict=work.strict,
+        progress=work.progress,
+        source_name=work.source_name,
+        views=work.views,
+    )
+    return _Outcome(
+        workers=plan.workers,
+        per_store=stats.written_per_store,
+        written=stats.written,
+        images=stats.images,
+        skipped=stats.skipped,
+        device=str(dev),
+        timings={**timings, **stats.timings},
+        warnings=warnings,
     )
 
 
@@ -276,6 +384,21 @@ def _every_path_of(bad: list[Skipped], records: list[Record], todo: list[Record]
     return [
         Skipped(r.path, s.reason) for s in bad for r in paths_of.get(key_of.get(s.path, ""), [s])
     ]
+
+
+def _compact_all(
+    stores: list[FeatureStore], written: list[int], *, finished: bool, warnings: list[str]
+) -> None:
+    """:func:`_compact` every store of the run (each view's); the first error is raised once
+    every store had its turn."""
+    error: BaseException | None = None
+    for store, n in zip(stores, written, strict=True):
+        try:
+            _compact(store, finished=finished, written=n, warnings=warnings)
+        except Exception as exc:  # noqa: BLE001 - raised below, after the other stores
+            error = error or exc
+    if error is not None:
+        raise error
 
 
 def _compact(store: FeatureStore, *, finished: bool, written: int, warnings: list[str]) -> None:

@@ -25,14 +25,18 @@ __all__ = [
     "DECODES",
     "POOLINGS",
     "PRECISIONS",
+    "VIEW_POLICIES",
     "ExtractorOptions",
     "WeightsChoice",
+    "check_view_policy",
     "split_backbones",
 ]
 
 POOLINGS = ("avg", "max", "flatten", "none")
 PRECISIONS = ("fp32", "bf16", "fp16")
 DECODES = ("draft", "full")
+#: Augmented views of each image (``featurestore.views``): 2, 10 and 16 views per image.
+VIEW_POLICIES = ("flip", "crops10", "random16")
 #: Joins backbones whose rows are concatenated column-wise (``alexnet+vgg16``).
 COMBO_SEPARATOR = "+"
 
@@ -40,6 +44,13 @@ COMBO_SEPARATOR = "+"
 def _check_choice(name: str, value: object, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
         raise OptionError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
+
+
+def check_view_policy(value: str | None) -> str | None:
+    """``value`` if it names a view policy (or is ``None``: no views); else :class:`OptionError`."""
+    if value is not None:
+        _check_choice("views", value, VIEW_POLICIES)
+    return value
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,12 @@ mappings. Every batch is padded to the full batch size so that a row's numbers n
 which other images shared its batch (a resumed run gives the same bits as an uninterrupted one on
 the same device and precision).
 
+With views (:mod:`featurestore.views`) a worker decodes an image once and renders the missing
+views of it; a batch of images becomes ``ceil(rows / batch_size)`` forward passes of exactly
+``batch_size`` rows (the last one zero-padded), so ``batch_size`` keeps meaning the network's
+batch and a view's row never depends on its neighbours either. Each view's rows go to that
+view's store.
+
 This module imports torch; :func:`featurestore.extraction.extract` imports it only when at least one
 image needs extracting, so a run whose rows are all cached never loads torch.
 """
@@ -27,16 +33,14 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, get_worker_info
-from torchvision.transforms import InterpolationMode
-from torchvision.transforms import functional as F
 
 from featurestore import provenance
 from featurestore.decode import DecodeError
@@ -45,6 +49,7 @@ from featurestore.extractor import Extractor, Preprocess
 from featurestore.runtime import WorkerPlan, cpu_plan, die_with_parent, worker_signals
 from featurestore.sources import ImageLoader, Record, Skipped
 from featurestore.store import FeatureStore
+from featurestore.views import ViewPolicy, ViewTodo, render_plain, render_views
 
 log = logging.getLogger(__name__)
 
@@ -96,35 +101,52 @@ def heap_allocations(enabled: bool = True) -> Iterator[None]:
         libc.malloc_trim(0)
 
 
-class _ImageDataset(Dataset):
-    """Decode + eval transform of one record, in a worker process; errors become values.
+Item = tuple[int, "torch.Tensor | list[torch.Tensor] | None", "str | None"]
 
-    An item is (index, (3, H, W) uint8 tensor or None, error or None). The tensor is
-    :func:`pil_to_tensor`'s view of the decoded HWC pixels, so batching it channels-last
-    needs no transpose.
+
+class _ImageDataset(Dataset):
+    """Decode + eval transform (or views) of one record, in a worker process; errors become
+    values.
+
+    An item is (index, pixels or None, error or None). Pixels: a (3, H, W) uint8 tensor (the
+    plain eval transform), or with ``views`` a list of them, the views ``wants[index]`` of the
+    image decoded once. Each tensor is a crop of :func:`pil_to_tensor`'s view of the resized HWC
+    pixels, so batching it channels-last needs no transpose.
     """
 
-    def __init__(self, records: list[Record], loader: ImageLoader, pre: Preprocess) -> None:
+    def __init__(
+        self,
+        records: list[Record],
+        loader: ImageLoader,
+        pre: Preprocess,
+        views: ViewPolicy | None = None,
+        wants: Sequence[tuple[int, ...]] | None = None,
+    ) -> None:
         self.records = records
         self.loader = loader
         self.pre = pre
-        self.interp = InterpolationMode(pre.interpolation)
+        self.views = views
+        self.wants = wants
+        if views is not None and (wants is None or len(wants) != len(records)):
+            raise ValueError("views need the wanted view indices of every record")
         self.decode_s = 0.0  # seconds spent in __getitem__ by this process's copy
 
     def __len__(self) -> int:
         return len(self.records)
 
-    def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, str | None]:
+    def n_rows(self, idx: Sequence[int]) -> int:
+        """How many rows (views) the records ``idx`` give."""
+        return len(idx) if self.wants is None else sum(len(self.wants[i]) for i in idx)
+
+    def __getitem__(self, i: int) -> Item:
         pre = self.pre
         t = time.perf_counter()
         try:
             draft = pre.resize_size if pre.decode == "draft" else None
             img = self.loader.load(self.records[i], draft_size=draft)
-            # centre: the shorter side to resize_size; squash: both sides (timm's crop_mode)
-            size = [pre.resize_size] * (2 if pre.crop_mode == "squash" else 1)
-            img = F.resize(img, size, interpolation=self.interp, antialias=True)
-            img = F.center_crop(img, [pre.crop_size])
-            return i, F.pil_to_tensor(img), None
+            if self.views is None or self.wants is None:
+                return i, render_plain(img, pre), None
+            return i, render_views(img, pre, self.views, self.wants[i]), None
         except DecodeError as exc:
             return i, None, str(exc)
         except Exception as exc:  # noqa: BLE001 - one bad image must never stop the run
@@ -134,11 +156,12 @@ class _ImageDataset(Dataset):
 
 
 class _Collate:
-    """Items -> (indices, (batch_size, 3, H, W) uint8 channels-last batch or None, errors).
+    """Items -> (indices, (m * batch_size, 3, H, W) uint8 channels-last batch or None, errors).
 
-    The batch is zero-padded to ``batch_size`` rows (constant shape: a row never depends on its
-    batch) and, in a worker, allocated in shared memory so it crosses to the main process
-    without another copy.
+    The batch holds every view of the items in order (one row per plain item) and is
+    zero-padded to a multiple of ``batch_size`` rows, the network's batch (constant shape: a row
+    never depends on its batch); in a worker it is allocated in shared memory so it crosses to
+    the main process without another copy.
     """
 
     def __init__(self, batch_size: int, *, shared: bool = True) -> None:
@@ -146,22 +169,31 @@ class _Collate:
         self.shared = shared
 
     def __call__(
-        self, items: list[tuple[int, torch.Tensor | None, str | None]]
+        self, items: list[Item]
     ) -> tuple[list[int], torch.Tensor | None, list[tuple[int, str]]]:
         good = [(i, t) for i, t, _ in items if t is not None]
         errors = [(i, e) for i, t, e in items if t is None and e is not None]
         if not good:
             return [], None, errors
-        first = good[0][1].permute(1, 2, 0)  # (H, W, 3): the pixels' order in memory
-        shape = (max(self.batch_size, len(good)), *first.shape)
+        # (H, W, 3) each: the pixels' order in memory
+        views = [v.permute(1, 2, 0) for _, t in good for v in (t if isinstance(t, list) else [t])]
+        first = views[0]
+        shape = (math.ceil(len(views) / self.batch_size) * self.batch_size, *first.shape)
         if self.shared and get_worker_info() is not None:  # as torch's default_collate does
             storage = first._typed_storage()._new_shared(math.prod(shape), device=first.device)
             out = first.new(storage).resize_(shape)
         else:
             out = first.new_empty(shape)
-        torch.stack([t.permute(1, 2, 0) for _, t in good], out=out[: len(good)])
-        out[len(good) :].zero_()
+        torch.stack(views, out=out[: len(views)])
+        out[len(views) :].zero_()
         return [i for i, _ in good], out.permute(0, 3, 1, 2), errors
+
+
+def _forward(model: torch.nn.Module, batch: torch.Tensor, n: int, batch_size: int) -> torch.Tensor:
+    """The first ``n`` rows of ``model`` on ``batch``, run ``batch_size`` rows at a time (the
+    batch is padded to a multiple of it)."""
+    chunks = [model(batch[s : s + batch_size]) for s in range(0, n, batch_size)]
+    return (chunks[0] if len(chunks) == 1 else torch.cat(chunks))[:n]
 
 
 class _ReplicaCollate(_Collate):
@@ -179,15 +211,16 @@ class _ReplicaCollate(_Collate):
         self.model = model
 
     def __call__(  # type: ignore[override]
-        self, items: list[tuple[int, torch.Tensor | None, str | None]]
+        self, items: list[Item]
     ) -> tuple[list[int], np.ndarray | None, list[tuple[int, str]], float, float]:
         idx, batch, errors = super().__call__(items)
         decode_s, self.dataset.decode_s = self.dataset.decode_s, 0.0
         t = time.perf_counter()
         rows = None
         if batch is not None:
+            n = self.dataset.n_rows(idx)
             with torch.inference_mode():
-                rows = self.model(batch)[: len(idx)].numpy()
+                rows = _forward(self.model, batch, n, self.batch_size).numpy()
         return idx, rows, errors, decode_s, time.perf_counter() - t
 
 
@@ -230,7 +263,9 @@ def _worker_died(exc: RuntimeError) -> ExtractError | None:
 def _nonfinite_error(job: _Job, idx: list[int], rows: np.ndarray, kept: int) -> ExtractError:
     """The error for a batch whose rows hold NaN or infinite values."""
     finite = np.isfinite(rows).all(axis=1)
-    bad = [job.records[i].path for i, ok in zip(idx, finite, strict=True) if not ok]
+    owners = [i for i in idx for _ in range(job.n_views(i))]  # the record of each row
+    bad_rows = zip(owners, finite, strict=True)
+    bad = list(dict.fromkeys(job.records[i].path for i, ok in bad_rows if not ok))
     ext = job.extractor
     hint = "" if ext.precision == "fp32" else ", or use --precision fp32"
     before = f"the {kept} rows stored before it are kept" if kept else "nothing was stored"
@@ -260,10 +295,13 @@ def _provenance(device: torch.device, batch_size: int, workers: int, source: str
 class _Runner:
     """Runs the model on one batch in a replica thread; records its busy time."""
 
-    def __init__(self, model: torch.nn.Module, device: torch.device, threads: int | None) -> None:
+    def __init__(
+        self, model: torch.nn.Module, device: torch.device, threads: int | None, batch_size: int
+    ) -> None:
         self.model = model
         self.device = device
         self.threads = threads
+        self.batch_size = batch_size
         self.busy = 0.0
         self._lock = threading.Lock()
 
@@ -275,7 +313,7 @@ class _Runner:
         t = time.perf_counter()
         with torch.inference_mode():
             x = batch.to(self.device, non_blocking=True)
-            rows = self.model(x)[:n].to("cpu", torch.float32).numpy()
+            rows = _forward(self.model, x, n, self.batch_size).to("cpu", torch.float32).numpy()
         with self._lock:
             self.busy += time.perf_counter() - t
         return rows
@@ -287,11 +325,15 @@ class RunStats:
 
     ``timings``: ``build``, ``load_wait`` (the main process waited for a batch), ``decode`` and
     ``forward`` (seconds per replica), ``write_wait`` (waiting for the writer).
+    ``written_per_store``: rows written to each store (one store; with views, view ``i``'s at
+    ``i``); ``images``: images whose rows were written.
     """
 
     written: int
     skipped: list[Skipped]
     timings: dict[str, float]
+    written_per_store: list[int] = field(default_factory=list)
+    images: int = 0
 
 
 def run_extraction(
@@ -309,8 +351,12 @@ def run_extraction(
     model: torch.nn.Module | None = None,
     replicas: int | None = None,
     threads: int | None = None,
+    views: ViewTodo | None = None,
 ) -> RunStats:
     """Extract ``records`` (all assumed missing) into ``store`` as ``plan`` says.
+
+    With ``views``, record ``j``'s views ``views.wants[j]`` are extracted instead (each image
+    decoded once) into the views' stores (``store`` is ``views.stores[0]``, the plain store).
 
     With ``plan.replicas`` (what :func:`featurestore.runtime.plan_workers` picks on a CPU with
     automatic workers) every DataLoader worker is a replica: it decodes its batch and runs its
@@ -325,9 +371,11 @@ def run_extraction(
     On CPU the whole run is inside :func:`heap_allocations`.
     """
     timings = dict.fromkeys(("build", "load_wait", "decode", "forward", "write_wait"), 0.0)
+    if views is not None and len(views.wants) != len(records):
+        raise ValueError(f"{len(views.wants)} view lists for {len(records)} records")
     job = _Job(
         extractor, records, loader, store, device, batch_size, plan.workers, strict, progress,
-        source_name, timings, model,
+        source_name, timings, model, views,
     )  # fmt: skip
     cpu = device.type == "cpu"
     with heap_allocations(cpu):
@@ -340,7 +388,7 @@ def run_extraction(
             else:  # two batches in flight: one thread's launches overlap the other's GPU work
                 replicas, threads = 2, None
             written, skipped = _pipeline(job, replicas=replicas, threads=threads)
-    return RunStats(written, skipped, timings)
+    return RunStats(written, skipped, timings, job.written_per_store, job.images_written)
 
 
 @dataclass
@@ -359,23 +407,89 @@ class _Job:
     source_name: str
     timings: dict[str, float]
     model: torch.nn.Module | None
+    views: ViewTodo | None = None
+    written_per_store: list[int] = field(default_factory=list)
+    images_written: int = 0
+
+    def __post_init__(self) -> None:
+        self.written_per_store = [0] * (1 if self.views is None else len(self.views.stores))
+
+    def dataset(self) -> _ImageDataset:
+        v = self.views
+        return _ImageDataset(
+            self.records,
+            self.loader,
+            self.extractor.preprocess,
+            views=None if v is None else v.policy,
+            wants=None if v is None else v.wants,
+        )
+
+    def n_views(self, i: int) -> int:
+        """How many rows record ``i`` gives (its missing views; 1 without views)."""
+        return 1 if self.views is None else len(self.views.wants[i])
+
+    def batches(self) -> list[list[int]]:
+        """Record indices grouped into the DataLoader's batches (see :func:`group_records`)."""
+        return group_records([self.n_views(i) for i in range(len(self.records))], self.batch_size)
 
     def progress_bar(self) -> Any:
         from tqdm.auto import tqdm
 
         return tqdm(
-            total=len(self.records),
-            unit="img",
+            total=len(self.records) if self.views is None else self.views.n_pairs,
+            unit="img" if self.views is None else "view",
             disable=not self.progress,
-            desc=self.extractor.backbone.name,
+            desc=self.extractor.backbone.name
+            + ("" if self.views is None else f" {self.views.policy.name}"),
             dynamic_ncols=True,
         )
+
+    def store_rows(self, idx: list[int], rows: np.ndarray, prov: dict[str, Any]) -> None:
+        """Append the rows of records ``idx`` (their views, in order) to their stores."""
+        if self.views is None:
+            self.store.append([self.records[i].key for i in idx], rows, provenance=prov)
+            self.written_per_store[0] += len(idx)
+            self.images_written += len(idx)
+            return
+        pairs = [(self.records[i].key, v) for i in idx for v in self.views.wants[i]]
+        view_of = np.array([v for _, v in pairs])
+        for v in np.unique(view_of).tolist():
+            sel = np.flatnonzero(view_of == v)
+            keys = [pairs[j][0] for j in sel]
+            self.views.stores[v].append(keys, rows[sel], provenance=prov)
+            self.written_per_store[v] += len(sel)
+        self.images_written += len(idx)
 
     def skip(self, skipped: list[Skipped], i: int, reason: str) -> None:
         """Record a bad image; with ``strict`` stop the run (after the caller kept its rows)."""
         skipped.append(Skipped(self.records[i].path, reason))
         if self.strict:
             raise ExtractError(f"{self.records[i].path}: {reason} (--strict)")
+
+
+def group_records(n_views: Sequence[int], batch_size: int, max_passes: int = 8) -> list[list[int]]:
+    """Consecutive record indices grouped into batches of at most ``batch_size * m`` rows, where
+    record ``i`` gives ``n_views[i]`` rows (its views).
+
+    ``m`` (forward passes per batch) is the smallest in 1..``max_passes`` whose row count is a
+    multiple of the most views any record gives, so full batches need no padding (crops10 with
+    batch size 32: 16 images, 160 rows, 5 passes), else the fewest that fit that record. Without
+    views (one row each) this is plain batching by ``batch_size``. Grouping decides only which
+    images share a decode worker's batch, never a row's numbers (every pass is padded to
+    ``batch_size``).
+    """
+    k = max(n_views, default=1)
+    m = next((m for m in range(1, max_passes + 1) if batch_size * m % k == 0), None)
+    capacity = batch_size * (m if m is not None else math.ceil(k / batch_size))
+    groups: list[list[int]] = []
+    rows = capacity
+    for i, n in enumerate(n_views):
+        if rows + n > capacity:
+            groups.append([])
+            rows = 0
+        groups[-1].append(i)
+        rows += n
+    return groups
 
 
 class _BatchWriter:
@@ -411,9 +525,8 @@ class _BatchWriter:
         self.wait()
         if not np.isfinite(rows).all():
             raise _nonfinite_error(self.job, idx, rows, self.written)
-        keys = [self.job.records[i].key for i in idx]
-        self._pending = self._pool.submit(self.job.store.append, keys, rows, provenance=self.prov)
-        self.written += len(idx)
+        self._pending = self._pool.submit(self.job.store_rows, idx, rows, self.prov)
+        self.written += len(rows)
 
 
 def _pipeline_replica_workers(job: _Job) -> tuple[int, list[Skipped]]:
@@ -423,11 +536,10 @@ def _pipeline_replica_workers(job: _Job) -> tuple[int, list[Skipped]]:
     t0 = time.perf_counter()
     model = job.model if job.model is not None else job.extractor.build(job.device)
     job.timings["build"] += time.perf_counter() - t0
-    dataset = _ImageDataset(job.records, job.loader, job.extractor.preprocess)
+    dataset = job.dataset()
     dl = DataLoader(
         dataset,
-        batch_size=job.batch_size,
-        shuffle=False,
+        batch_sampler=job.batches(),
         num_workers=job.workers,
         collate_fn=_ReplicaCollate(job.batch_size, dataset, model),
         prefetch_factor=2,
@@ -453,7 +565,9 @@ def _pipeline_replica_workers(job: _Job) -> tuple[int, list[Skipped]]:
                     writer.write(idx, rows)  # before a --strict error: keep what was computed
                 for i, reason in errors:
                     job.skip(skipped, i, reason)
-                bar.update(len(idx) + len(errors))
+                bar.update(
+                    sum(job.n_views(i) for i in idx) + sum(job.n_views(i) for i, _ in errors)
+                )
             writer.wait()
     except RuntimeError as exc:
         died = _worker_died(exc)
@@ -471,12 +585,11 @@ def _pipeline_replica_workers(job: _Job) -> tuple[int, list[Skipped]]:
 def _pipeline(job: _Job, *, replicas: int, threads: int | None) -> tuple[int, list[Skipped]]:
     """Workers (or the main process) decode; the main process runs ``replicas`` forward
     threads of ``threads`` intra-op threads each."""
-    dataset = _ImageDataset(job.records, job.loader, job.extractor.preprocess)
+    dataset = job.dataset()
     workers = job.workers
     dl = DataLoader(
         dataset,
-        batch_size=job.batch_size,
-        shuffle=False,
+        batch_sampler=job.batches(),
         num_workers=workers,
         collate_fn=_Collate(job.batch_size),
         pin_memory=job.device.type == "cuda",
@@ -491,7 +604,7 @@ def _pipeline(job: _Job, *, replicas: int, threads: int | None) -> tuple[int, li
         _stop_workers(batches)
         raise
     job.timings["build"] += time.perf_counter() - t0
-    runner = _Runner(model, job.device, threads)
+    runner = _Runner(model, job.device, threads, job.batch_size)
     skipped: list[Skipped] = []
     inflight: deque[tuple[Future, list[int]]] = deque()
     saved_threads = torch.get_num_threads()
@@ -527,8 +640,11 @@ def _pipeline(job: _Job, *, replicas: int, threads: int | None) -> tuple[int, li
                     for i, reason in errors:
                         job.skip(skipped, i, reason)
                     if batch is not None:
-                        inflight.append((pool.submit(runner, batch, len(idx)), idx))
-                    bar.update(len(idx) + len(errors))
+                        n = dataset.n_rows(idx)
+                        inflight.append((pool.submit(runner, batch, n), idx))
+                    bar.update(
+                        sum(job.n_views(i) for i in idx) + sum(job.n_views(i) for i, _ in errors)
+                    )
             except ExtractError:
                 with contextlib.suppress(ExtractError):  # a non-finite batch ends the keeping
                     while inflight:  # keep the batches already computed

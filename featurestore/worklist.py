@@ -107,11 +107,25 @@ def missing(records: Sequence[Record], have: np.ndarray) -> tuple[int, list[Reco
     """(number of distinct keys, the first record of each key not in ``have``), in the order
     of ``records``. ``have``: the store's keys (:meth:`FeatureStore.key_array`), any order,
     duplicates allowed."""
+    n_unique, todo, _ = missing_per_store(records, [have])
+    return n_unique, todo
+
+
+def missing_per_store(
+    records: Sequence[Record], haves: Sequence[np.ndarray]
+) -> tuple[int, list[Record], list[tuple[int, ...]]]:
+    """(number of distinct keys, the first record of each key missing from one of the stores
+    whose keys are ``haves``, and for each of those the stores it is missing from), in the
+    order of ``records``: the work of a run that fills several stores (one per view)."""
     if not len(records):
-        return 0, []
+        return 0, [], []
     h = _record_hashes(records)
-    todo = _first_of_each(records, h)
-    n_unique = int(todo.sum())
-    if len(have):
-        todo &= ~_held(records, h, have.astype(KEY_DTYPE, copy=False))
-    return n_unique, [records[i] for i in np.flatnonzero(todo)]
+    first = np.flatnonzero(_first_of_each(records, h))
+    unique = [records[i] for i in first]
+    held = np.zeros((len(haves), len(first)), dtype=bool)
+    for s, have in enumerate(haves):
+        if len(have):
+            held[s] = _held(unique, h[first], have.astype(KEY_DTYPE, copy=False))
+    todo = np.flatnonzero(~held.all(axis=0))
+    wants = [tuple(np.flatnonzero(~held[:, j]).tolist()) for j in todo]
+    return len(first), [unique[j] for j in todo], wants

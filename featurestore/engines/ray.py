@@ -343,7 +343,7 @@ class ForwardActor:
         self.batch_size = batch_size
         self._heap = contextlib.ExitStack()  # for the actor's life, as a local CPU run does
         self._heap.enter_context(pipeline.heap_allocations(self.device.type == "cpu"))
-        self.runner = pipeline._Runner(extractor.build(self.device), self.device, None)
+        self.runner = pipeline._Runner(extractor.build(self.device), self.device, None, batch_size)
         self.collate = pipeline._Collate(batch_size, shared=False)
         self.store = FeatureStore(path, spec=extractor.spec)
         self.provenance = {

@@ -295,3 +295,28 @@ def test_the_work_list_agrees_with_a_set(want: list[int], have: list[int], weak:
     held = {key(k) for k in have}
     assert n_unique == len(seen)
     assert todo == [r for k, r in seen.items() if k not in held]
+
+
+@given(
+    st.lists(st.integers(0, 30), max_size=60),
+    st.lists(st.lists(st.integers(0, 30), max_size=40), min_size=1, max_size=4),
+    st.booleans(),
+)
+def test_the_work_list_of_several_stores_agrees_with_sets(
+    want: list[int], haves: list[list[int]], weak: bool
+) -> None:
+    """With views each view has its store: an image is to do when one of them lacks it, and
+    its wants are exactly the stores that lack it."""
+    key = "{:064x}".format
+    records = _records([key(k) for k in want])
+    arrays = [np.array([key(k) for k in have], "S64").reshape(-1) for have in haves]
+    with mock.patch.object(worklist, "_hashes", _weak_hashes if weak else worklist._hashes):
+        n_unique, todo, wants = worklist.missing_per_store(records, arrays)
+    seen: dict[str, Record] = {}
+    for r in records:
+        seen.setdefault(r.key, r)
+    held = [{key(k) for k in have} for have in haves]
+    expect = {k: tuple(s for s, h in enumerate(held) if k not in h) for k in seen}
+    assert n_unique == len(seen)
+    assert todo == [r for k, r in seen.items() if expect[k]]
+    assert wants == [expect[r.key] for r in todo]
