@@ -1,0 +1,19 @@
+"""The ``featurestore`` command: a thin click layer that parses, calls the library and prints.
+
+One module per command group, each adding its commands to :data:`main`
+(:mod:`~featurestore.cli.group`: the group, its error handling and the shared options):
+
+* :mod:`~featurestore.cli.extracting`: ``extract``, ``backbones``, ``nodes``;
+* :mod:`~featurestore.cli.stores`: ``ls``, ``info``, ``verify``;
+* :mod:`~featurestore.cli.heads`: ``heads``, ``sweep``, ``predict``.
+
+``python -m featurestore.cli`` runs :mod:`~featurestore.cli.__main__`; the ``featurestore``
+entry point is :data:`main`.
+"""
+
+from __future__ import annotations
+
+from featurestore.cli import extracting, heads, stores
+from featurestore.cli.group import EXIT_INTERRUPTED, EXIT_SKIPPED, main
+
+__all__ = ["EXIT_INTERRUPTED", "EXIT_SKIPPED", "extracting", "heads", "main", "stores"]

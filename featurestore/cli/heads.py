@@ -1,0 +1,178 @@
+"""Commands about classifier heads: ``heads``, ``sweep`` and ``predict``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from featurestore.cli.group import _cache_opt, _extractor_kwargs, extractor_options, main
+
+
+@main.command()
+def heads() -> None:
+    """List the classifier heads that `sweep --heads` accepts, with their defaults (used by
+    `sweep --no-grid`) and grids."""
+    from classifiers.heads import list_heads
+
+    for h in list_heads():
+        params = h.build().get_params()
+        default = ", ".join(f"{k.split('__')[-1]}={params[k]!r}" for k in h.grid)
+        grid = ", ".join(f"{k.split('__')[-1]}={v}" for k, v in h.grid.items())
+        click.echo(f"{h.name:<12} {h.description}")
+        click.echo(f"{'':<12} default: {default or '(none)'}")
+        click.echo(f"{'':<12} grid: {grid or '(none)'}")
+
+
+@main.command()
+@click.argument("source")
+@click.option(
+    "--backbone",
+    "-b",
+    "backbones",
+    multiple=True,
+    help="Backbone whose features to compare (repeatable).",
+)
+@click.option(
+    "--combo",
+    "combos",
+    multiple=True,
+    help="Concatenated feature set, e.g. alexnet+vgg16 (repeatable).",
+)
+@click.option(
+    "--heads",
+    "heads_",
+    default=None,
+    help="Comma-separated heads (default: all; see `featurestore heads`).",
+)
+@click.option("--no-pixels", is_flag=True, help="Leave out the raw-pixel baseline.")
+@click.option(
+    "--pixel-size",
+    type=click.IntRange(min=2),
+    default=32,
+    show_default=True,
+    help="Side of the raw-pixel baseline's resized image.",
+)
+@click.option(
+    "--cv",
+    type=click.IntRange(min=2),
+    default=5,
+    show_default=True,
+    help="Cross-validation folds on the training split.",
+)
+@click.option("--no-grid", is_flag=True, help="Use each head's defaults, no grid search.")
+@click.option("--train-split", default=None, help="Training split (default: train).")
+@click.option(
+    "--test-split",
+    default=None,
+    help="Evaluation split (default: the first of val, validation, test).",
+)
+@click.option(
+    "--anchor",
+    "anchors",
+    multiple=True,
+    help="A published result to compare with, NAME=ACCURACY (repeatable).",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="Folder for the leaderboard, plots and the best head.",
+)
+@click.option(
+    "--save-best/--no-save-best",
+    default=True,
+    show_default=True,
+    help="Save the best head as OUT/best_head.joblib (+ .json sidecar).",
+)
+@extractor_options
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--workers", type=click.IntRange(min=0), default=None)
+@_cache_opt
+def sweep(
+    source: str,
+    backbones: tuple[str, ...],
+    combos: tuple[str, ...],
+    heads_: str | None,
+    no_pixels: bool,
+    pixel_size: int,
+    cv: int,
+    no_grid: bool,
+    train_split: str | None,
+    test_split: str | None,
+    anchors: tuple[str, ...],
+    out_dir: Path,
+    save_best: bool,
+    **kw: Any,
+) -> None:
+    """Compare feature sets x heads on SOURCE: grid search by cross-validation on the training
+    split only, refit the best setting, evaluate once on the held-out split. Writes
+    leaderboard.{md,csv,json}, confusion/ROC/leaderboard plots and the best head to --out.
+    """
+    from featurestore.experiment import parse_anchor, run_experiment
+
+    outcome = run_experiment(
+        source,
+        out_dir=out_dir,
+        backbones=backbones,
+        combos=combos,
+        pixels=not no_pixels,
+        pixel_size=pixel_size,
+        heads=[h.strip() for h in heads_.split(",")] if heads_ else None,
+        cv=cv,
+        use_grid=not no_grid,
+        train_split=train_split,
+        test_split=test_split,
+        anchors=[parse_anchor(a) for a in anchors],
+        save_best=save_best,
+        progress=lambda msg: click.echo(msg, err=True),
+        **_extractor_kwargs(kw),
+        **kw,
+    )
+    click.echo(outcome.paths["markdown"].read_text().split("\n\n## ")[0])
+    for name, p in outcome.paths.items():
+        click.echo(f"{name:<17} {p}")
+
+
+@main.command()
+@click.argument("source")
+@click.option(
+    "--head",
+    "head_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="A head saved by `sweep` (with its .json sidecar).",
+)
+@click.option("--split", default=None, help="Predict only this split (default: all images).")
+@click.option(
+    "--out",
+    "out_csv",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("predictions.csv"),
+    show_default=True,
+    help="CSV of path, predicted label, probability, true label.",
+)
+@_cache_opt
+def predict(
+    source: str, head_path: Path, split: str | None, out_csv: Path, cache_dir: Path | None
+) -> None:
+    """Predict SOURCE's images with a saved head, extracting through the cache with the head's
+    own backbone(s). Refuses a head whose bytes do not match its sidecar's sha256, or whose
+    extractor fingerprint differs from this machine's. Heads are pickles: load only heads from
+    sources you trust."""
+    from featurestore.predict import predict as run
+
+    pred = run(source, head_path, split=split, cache_dir=cache_dir, progress=True)
+    pred.write_csv(out_csv)
+    click.echo(f"predicted  {len(pred.predicted)} images -> {out_csv}")
+    if pred.skipped:
+        click.echo(f"skipped    {len(pred.skipped)}")
+        for s in pred.skipped:
+            click.echo(f"  - {click.format_filename(s.path)}: {s.reason}")
+    acc = pred.accuracy
+    if acc is not None:
+        n = sum(lab is not None for lab in pred.labels)
+        right = round(acc * n)
+        click.echo(f"accuracy   {acc:.4f} ({right}/{n} images with a known label)")
