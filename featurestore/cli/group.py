@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from featurestore.cli.terminal import shown
 from featurestore.errors import FeatureStoreError
 from featurestore.options import DECODES, POOLINGS, PRECISIONS
 
@@ -16,7 +17,8 @@ EXIT_INTERRUPTED = 130  # Ctrl-C / SIGINT, as shells report it
 
 
 def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
+    """The error's message on one line, safe for a terminal (file names in it escaped)."""
+    return " ".join(shown(exc).split()) or type(exc).__name__
 
 
 class _Commands(click.Group):

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import csv
+import functools
+import sys
 from pathlib import Path
 from typing import Any
 
 import click
 
-from featurestore.cli.group import _cache_opt, _extractor_kwargs, extractor_options, main
+from featurestore.cli.group import (
+    EXIT_SKIPPED,
+    _cache_opt,
+    _extractor_kwargs,
+    extractor_options,
+    main,
+)
+from featurestore.cli.terminal import data_stdout, shown
 
 
 @main.command()
@@ -149,30 +159,65 @@ def sweep(
 @click.option(
     "--out",
     "out_csv",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=Path("predictions.csv"),
+    default="predictions.csv",
     show_default=True,
-    help="CSV of path, predicted label, probability, true label.",
+    help="CSV to write (atomically; never over an input): path, predicted, probability, "
+    "label, then p_<class> for every class. '-' writes it to stdout.",
+)
+@click.option(
+    "--top-k",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Instead of a column per class: the K most probable classes and their "
+    "probabilities (top1, p_top1, top2, ...).",
 )
 @_cache_opt
 def predict(
-    source: str, head_path: Path, split: str | None, out_csv: Path, cache_dir: Path | None
+    source: str,
+    head_path: Path,
+    split: str | None,
+    out_csv: str,
+    top_k: int | None,
+    cache_dir: Path | None,
 ) -> None:
     """Predict SOURCE's images with a saved head, extracting through the cache with the head's
     own backbone(s). Refuses a head whose bytes do not match its sidecar's sha256, or whose
     extractor fingerprint differs from this machine's. Heads are pickles: load only heads from
-    sources you trust."""
+    sources you trust.
+
+    Exit status: 0 when every image was predicted, 3 when some images could not be decoded
+    (listed, and left out of the CSV), 1 on error.
+    """
+    from featurestore.output import check_output
+    from featurestore.predict import head_inputs
     from featurestore.predict import predict as run
 
-    pred = run(source, head_path, split=split, cache_dir=cache_dir, progress=True)
-    pred.write_csv(out_csv)
-    click.echo(f"predicted  {len(pred.predicted)} images -> {out_csv}")
+    to_stdout = out_csv == "-"
+    if not to_stdout:  # refuse an input or a folder before any work
+        check_output(out_csv, inputs=head_inputs(source, head_path))
+    pred = run(source, head_path, split=split, cache_dir=cache_dir, progress=sys.stderr.isatty())
+    if to_stdout:
+        _csv_to_stdout(pred, top_k=top_k)
+    else:
+        pred.write_csv(out_csv, top_k=top_k)
+    say = functools.partial(click.echo, err=to_stdout)  # stdout holds only the CSV then
+    say(f"predicted  {len(pred.predicted)} images -> {'stdout' if to_stdout else shown(out_csv)}")
     if pred.skipped:
-        click.echo(f"skipped    {len(pred.skipped)}")
+        say(f"skipped    {len(pred.skipped)}")
         for s in pred.skipped:
-            click.echo(f"  - {click.format_filename(s.path)}: {s.reason}")
+            say(f"  - {shown(s.path)}: {shown(s.reason)}")
     acc = pred.accuracy
     if acc is not None:
         n = sum(lab is not None for lab in pred.labels)
         right = round(acc * n)
-        click.echo(f"accuracy   {acc:.4f} ({right}/{n} images with a known label)")
+        say(f"accuracy   {acc:.4f} ({right}/{n} images with a known label)")
+    sys.exit(EXIT_SKIPPED if pred.skipped else 0)
+
+
+def _csv_to_stdout(pred: Any, *, top_k: int | None) -> None:
+    """The predictions CSV on stdout (see :func:`~featurestore.cli.terminal.data_stdout`)."""
+    rows = list(pred.rows(top_k=top_k))  # a bad --top-k fails before anything is written
+    with data_stdout() as stream:
+        writer = csv.writer(stream)
+        writer.writerow(pred.header(top_k=top_k))
+        writer.writerows(rows)
