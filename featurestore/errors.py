@@ -27,6 +27,7 @@ __all__ = [
     "SourceError",
     "StoreCorruptError",
     "StoreError",
+    "StoreNameError",
     "WeightsUnavailableError",
 ]
 
@@ -71,6 +72,14 @@ class StoreCorruptError(StoreError):
     def __init__(self, message: str, *, file: Path | None = None) -> None:
         super().__init__(message)
         self.file = file
+
+
+class StoreNameError(FeatureStoreError, ValueError):
+    """A store name that names no store of the cache, or several (``candidates`` lists them)."""
+
+    def __init__(self, message: str, *, candidates: tuple[Path, ...] = ()) -> None:
+        super().__init__(message)
+        self.candidates = candidates
 
 
 class MissingRowsError(FeatureStoreError, KeyError):

@@ -21,7 +21,7 @@ from featurestore import runtime
 from featurestore.config import cache_root
 from featurestore.errors import ExtractError, OptionError
 from featurestore.extractor import Extractor, resolve
-from featurestore.options import ExtractorOptions
+from featurestore.options import COMBO_SEPARATOR, ExtractorOptions, split_backbones
 from featurestore.sources import Record, Skipped, SkippedFiles, Source, open_source
 from featurestore.store import FeatureStore, StoreCorruptError, StoreError
 
@@ -57,6 +57,8 @@ class ExtractResult:
     timings: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     extractor: Extractor | None = field(default=None, repr=False, compare=False)
+    #: For a combination (``backbone="a+b"``): each backbone's own result, in column order.
+    parts: list[ExtractResult] = field(default_factory=list)
 
     @property
     def images_per_s(self) -> float:
@@ -83,7 +85,37 @@ class ExtractResult:
             "workers": self.workers,
             "timings": {k: round(v, 3) for k, v in self.timings.items()},
             "warnings": self.warnings,
+            **({"parts": [p.to_dict() for p in self.parts]} if self.parts else {}),
         }
+
+    @classmethod
+    def combined(cls, parts: list[ExtractResult], *, store: Path, seconds: float) -> ExtractResult:
+        """The result of extracting a combination: one row per image is the concatenation of
+        ``parts``' rows. ``backbone`` and ``fingerprint`` join the parts' with ``+``,
+        ``store`` is the cache root (each part names its own store), ``feature_dim`` is the
+        concatenated width, counts of extracted and reused rows add up over the parts."""
+        first = parts[0]
+        skipped = SkippedFiles(s for p in parts for s in p.skipped)
+        dims = [p.feature_dim for p in parts]
+        return cls(
+            source=first.source,
+            backbone=COMBO_SEPARATOR.join(p.backbone for p in parts),
+            fingerprint=COMBO_SEPARATOR.join(p.fingerprint for p in parts),
+            store=store,
+            n_images=first.n_images,
+            n_unique=first.n_unique,
+            n_extracted=sum(p.n_extracted for p in parts),
+            n_reused=sum(p.n_reused for p in parts),
+            skipped=list(skipped),
+            seconds=seconds,
+            feature_dim=None if None in dims else sum(d for d in dims if d is not None),
+            device=first.device,
+            precision=first.precision,
+            batch_size=first.batch_size,
+            workers=first.workers,
+            warnings=list(dict.fromkeys(w for p in parts for w in p.warnings)),
+            parts=parts,
+        )
 
 
 def extract(
@@ -119,10 +151,32 @@ def extract(
     torch device checked (``device`` other than ``"cpu"``/``"auto"``, or ``precision="fp16"``).
     When nothing was extracted, the result's ``device`` is ``device`` as given (``"auto"`` is not
     resolved) and its ``workers`` is ``workers`` as given (0 when automatic).
+
+    ``backbone`` may name a combination (``"alexnet+vgg16"``, as :func:`load_features` and
+    ``sweep --combo`` take it): each backbone is extracted in turn, with the same options, from
+    one scan of the source; the result (:meth:`ExtractResult.combined`) lists each one's in
+    ``parts``.
     """
     start = time.perf_counter()
     if batch_size < 1:
         raise OptionError(f"batch_size must be >= 1, got {batch_size}")
+    if isinstance(backbone, str) and COMBO_SEPARATOR in backbone:
+        src = (
+            source
+            if isinstance(source, Source)
+            else open_source(source, images_key=images_key, labels_key=labels_key)
+        )
+        chosen = dict(nodes=nodes, pooling=pooling, weights=weights, input_size=input_size)
+        chosen.update(precision=precision, decode=decode)
+        run = dict(batch_size=batch_size, workers=workers, device=device, cache_dir=cache_dir)
+        run.update(strict=strict, progress=progress, split=split)
+        parts = [
+            extract(src, backbone=ExtractorOptions.make(name, **chosen), **run)
+            for name in split_backbones(backbone)
+        ]
+        return ExtractResult.combined(
+            parts, store=cache_root(cache_dir), seconds=time.perf_counter() - start
+        )
     if isinstance(backbone, ExtractorOptions):
         options = backbone
     else:

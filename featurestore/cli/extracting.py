@@ -14,34 +14,47 @@ from featurestore.cli.group import (
     _extractor_kwargs,
     extractor_options,
     main,
+    print_skipped,
 )
-from featurestore.options import ExtractorOptions
+from featurestore.cli.terminal import shown
+from featurestore.options import COMBO_SEPARATOR, ExtractorOptions
 
 
 def _print_summary(r: Any) -> None:
     d = r.to_dict()
-    click.echo(f"source     {d['source']}")
+    parts = d.get("parts") or [d]
+    dims = "+".join(str(p["feature_dim"]) for p in parts)
+
+    def per_part(key: str) -> str:
+        each = ", ".join(f"{p['backbone']} {p[key]}" for p in parts)
+        return f"{d[key]} ({each})" if len(parts) > 1 else str(d[key])
+
+    click.echo(f"source     {shown(d['source'])}")
     click.echo(
-        f"backbone   {d['backbone']}  ({d['feature_dim']}-d, {d['precision']}, "
+        f"backbone   {d['backbone']}  ({dims}-d, {d['precision']}, "
         f"{d['device']}, batch {d['batch_size']}, {d['workers']} workers)"
     )
     click.echo(f"images     {d['images']} ({d['unique_images']} unique)")
-    click.echo(f"extracted  {d['extracted']}")
-    click.echo(f"reused     {d['reused']}")
+    click.echo(f"extracted  {per_part('extracted')}")
+    click.echo(f"reused     {per_part('reused')}")
     click.echo(f"skipped    {d['skipped']}")
-    for s in r.skipped:
-        click.echo(f"  - {click.format_filename(s.path)}: {s.reason}")  # any bytes print
+    print_skipped(r.skipped)
     rate = f"{d['images_per_s']:.1f} images/s" if d["extracted"] else "no forward pass"
     click.echo(f"time       {d['seconds']:.2f} s ({rate})")
-    click.echo(f"store      {d['store']}")
+    for i, p in enumerate(parts):
+        click.echo(f"{'store' if i == 0 else '':<10} {shown(p['store'])}")
     for w in r.warnings:
-        click.echo(f"warning: {w}", err=True)
+        click.echo(f"warning: {shown(w)}", err=True)
 
 
 @main.command()
 @click.argument("source")
 @click.option(
-    "--backbone", "-b", required=True, help="Backbone name (see `featurestore backbones`)."
+    "--backbone",
+    "-b",
+    required=True,
+    help="Backbone name (see `featurestore backbones`), or a combination such as "
+    "resnet18+vgg16: each part is extracted with the same options.",
 )
 @extractor_options
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
@@ -73,8 +86,11 @@ def extract(source: str, backbone: str, as_json: bool, **kw: Any) -> None:
     """
     from featurestore.extraction import extract as run
 
-    options = ExtractorOptions.make(backbone, **_extractor_kwargs(kw))
-    result = run(source, backbone=options, progress=sys.stderr.isatty() or not as_json, **kw)
+    chosen = _extractor_kwargs(kw)
+    options = backbone if COMBO_SEPARATOR in backbone else ExtractorOptions.make(backbone, **chosen)
+    extra = chosen if isinstance(options, str) else {}
+    progress = sys.stderr.isatty() or not as_json
+    result = run(source, backbone=options, progress=progress, **extra, **kw)
     if as_json:
         click.echo(json.dumps(result.to_dict()))
     else:

@@ -37,6 +37,12 @@ class _Commands(click.Group):
             ctx.exit(1)
 
 
+def print_skipped(skipped: Any, *, err: bool = False) -> None:
+    """The list of skipped files every command prints the same way: ``  - PATH: REASON``."""
+    for s in skipped:
+        click.echo(f"  - {shown(s.path)}: {shown(s.reason)}", err=err)
+
+
 def _human_bytes(n: int) -> str:
     size = float(n)
     for unit in ("B", "KiB", "MiB", "GiB"):

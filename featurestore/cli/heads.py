@@ -16,6 +16,7 @@ from featurestore.cli.group import (
     _extractor_kwargs,
     extractor_options,
     main,
+    print_skipped,
 )
 from featurestore.cli.terminal import data_stdout, shown
 
@@ -204,8 +205,7 @@ def predict(
     say(f"predicted  {len(pred.predicted)} images -> {'stdout' if to_stdout else shown(out_csv)}")
     if pred.skipped:
         say(f"skipped    {len(pred.skipped)}")
-        for s in pred.skipped:
-            say(f"  - {shown(s.path)}: {shown(s.reason)}")
+        print_skipped(pred.skipped, err=to_stdout)
     acc = pred.accuracy
     if acc is not None:
         n = sum(lab is not None for lab in pred.labels)

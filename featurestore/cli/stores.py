@@ -9,48 +9,66 @@ from pathlib import Path
 import click
 
 from featurestore.cli.group import _cache_opt, _human_bytes, main
+from featurestore.cli.terminal import shown
 
 
 @main.command("ls")
+@click.argument("name", required=False)
 @_cache_opt
 @click.option("--json", "as_json", is_flag=True)
-def ls_(cache_dir: Path | None, as_json: bool) -> None:
-    """List the stores in the cache."""
+def ls_(name: str | None, cache_dir: Path | None, as_json: bool) -> None:
+    """List the stores in the cache (only those NAME names, when given), with the options
+    that tell two stores of one backbone apart.
+
+    NAME follows the naming rule of every command that takes a store: a path, a store file
+    name, a backbone, a fingerprint prefix (4+ hex digits) or the start of a file name.
+    """
     from featurestore.config import cache_root
     from featurestore.store import list_stores
+    from featurestore.store.naming import describe_options, match_stores
 
     root = cache_root(cache_dir)
-    infos = list_stores(root)
+    if name is None:
+        infos = list_stores(root)
+    else:
+        wanted = {r.path for r in match_stores(name, root)}
+        if not wanted:
+            _store_path(name, cache_dir)  # raises the naming rule's error, listing the stores
+        infos = [i for i in list_stores(root) if i.path in wanted]
     if as_json:
-        click.echo(json.dumps([i.to_dict() for i in infos]))
+        click.echo(
+            json.dumps([{**i.to_dict(), "options": describe_options(i.spec)} for i in infos])
+        )
         return
-    click.echo(f"cache: {root}")
+    click.echo(f"cache: {shown(root)}")
     if not infos:
         click.echo("(no stores yet: run `featurestore extract`)")
         return
-    click.echo(f"{'store':<42} {'rows':>8} {'dim':>6} {'size':>10}  nodes / precision")
-    for i in infos:
-        spec = i.spec
-        click.echo(
-            f"{i.path.name:<42} {i.n_rows:>8} {i.feature_dim:>6} "
-            f"{_human_bytes(i.size_bytes):>10}  {','.join(spec.get('nodes', []))} / "
-            f"{spec.get('precision')}"
-        )
+    options = [describe_options(i.spec) for i in infos]
+    # decode and extractor version only when they tell listed stores apart
+    shown_opts = [k for k in options[0] if k not in ("decode", "version")]
+    shown_opts += [k for k in ("decode", "version") if len({o[k] for o in options}) > 1]
+    head = ["store", "rows", "dim", "size", *shown_opts]
+    rows = [
+        [shown(i.path.name), str(i.n_rows), str(i.feature_dim), _human_bytes(i.size_bytes)]
+        + [shown(o[k]) for k in shown_opts]
+        for i, o in zip(infos, options, strict=True)
+    ]
+    widths = [max(len(r[c]) for r in [head, *rows]) for c in range(len(head))]
+    for r in [head, *rows]:
+        cells = [
+            v.rjust(w) if 1 <= c <= 3 else v.ljust(w)
+            for c, (v, w) in enumerate(zip(r, widths, strict=True))
+        ]
+        click.echo("  ".join(cells).rstrip())
 
 
 def _store_path(store: str, cache_dir: Path | None) -> Path:
+    """The one store STORE names (the naming rule of :mod:`featurestore.store.naming`)."""
     from featurestore.config import cache_root
+    from featurestore.store.naming import resolve_store
 
-    p = Path(store)
-    if p.exists() or p.with_name(p.stem + ".parts").exists():
-        return p
-    root = cache_root(cache_dir)
-    matches = sorted(root.glob(f"{store}*.h5")) if root.is_dir() else []
-    if len(matches) == 1:
-        return matches[0]
-    raise click.BadParameter(
-        f"{store}: no such store file (nor a unique name prefix in {root}); see `featurestore ls`"
-    )
+    return resolve_store(store, cache_root(cache_dir))
 
 
 @main.command()
