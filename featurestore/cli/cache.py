@@ -28,18 +28,22 @@ _dry_run = click.option(
 )
 
 
-def _print_report(report: Any, *, title: str) -> None:
+def _print_report(report: Any, *, summary: str | None = None) -> None:
+    """Each step (what was, or would be, done to which file), the notes, then ``summary`` (by
+    default: how many steps and the bytes freed)."""
     verb = {"delete": "delete", "rewrite": "rewrite", "merge": "merge"}
     if report.dry_run:
-        verb = {"delete": "would delete", "rewrite": "would rewrite", "merge": "would merge"}
+        verb = {k: f"would {v}" for k, v in verb.items()}
     for step in report.steps:
         size = f" ({_human_bytes(step.size)})" if step.action == "delete" else ""
         detail = f": {shown(step.detail)}" if step.detail else ""
         click.echo(f"{verb[step.action]:<14}{shown(step.path)}{size}{detail}")
     for note in report.notes:
         click.echo(f"note: {shown(note)}")
-    done = "would free" if report.dry_run else "freed"
-    click.echo(f"{title}: {len(report.steps)} step(s), {done} {_human_bytes(report.freed_bytes)}")
+    if summary is None:
+        done = "would free" if report.dry_run else "freed"
+        summary = f"{len(report.steps)} step(s), {done} {_human_bytes(report.freed_bytes)}"
+    click.echo(summary)
 
 
 @main.command()
@@ -149,7 +153,7 @@ def rm(
         if split is not None:
             raise click.UsageError("--split needs --source")
         report = remove_store(path, dry_run=dry_run)
-        title = f"rm {path.name}"
+        summary = None
     else:
         from featurestore.sources import open_source
 
@@ -157,11 +161,11 @@ def rm(
         keys = [r.key for r in src.select(split)]
         report = remove_rows(path, keys, dry_run=dry_run, reason=src.name)
         gone = "would remove" if dry_run else "removed"
-        title = f"rm {path.name} --source: {gone} {report.rows_removed} row(s)"
+        summary = f"{gone} {report.rows_removed} row(s) from {shown(path.name)}"
     if as_json:
         click.echo(json.dumps(report.to_dict()))
     else:
-        _print_report(report, title=shown(title))
+        _print_report(report, summary=summary)
 
 
 @main.command()
@@ -191,4 +195,4 @@ def gc(dry_run: bool, compact: bool, cache_dir: Path | None, as_json: bool) -> N
     if as_json:
         click.echo(json.dumps(report.to_dict()))
     else:
-        _print_report(report, title="gc")
+        _print_report(report)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +17,7 @@ from featurestore.options import DECODES, POOLINGS, PRECISIONS
 
 EXIT_SKIPPED = 3  # the run finished but some images were skipped
 EXIT_INTERRUPTED = 130  # Ctrl-C / SIGINT, as shells report it
+EXIT_BROKEN_PIPE = 141  # stdout's reader went away (SIGPIPE), as shells report it
 
 
 def _one_line(exc: BaseException) -> str:
@@ -32,6 +36,10 @@ class _Commands(click.Group):
         except FeatureStoreError as exc:
             click.echo(f"error: {_one_line(exc)}", err=True)
             ctx.exit(exc.exit_code)
+        except BrokenPipeError:  # the reader went away (`| head`): stop quietly, as cat does
+            with contextlib.suppress(OSError, ValueError):
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            ctx.exit(EXIT_BROKEN_PIPE)
         except OSError as exc:
             click.echo(f"error: {_one_line(exc)}", err=True)
             ctx.exit(1)

@@ -129,35 +129,43 @@ def test_remove_store_waits_for_a_reader_who_then_sees_no_store(store: FeatureSt
     assert store.keys() == set()  # a new reader finds nothing, and no error
 
 
-def test_a_lock_deleted_while_waited_on_is_never_held_twice(tmp_path: Path) -> None:
-    """B waits for the lock while A, holding it, deletes the lock files (as removing a store
-    does). Once B has it, C must still wait for B: B holds the file the path names now, not
-    the deleted one (two "exclusive" holders on two files would let compactions race)."""
+def test_a_compaction_waiting_on_a_deleted_gate_still_goes_before_new_readers(
+    tmp_path: Path,
+) -> None:
+    """Removing a store deletes its gate and lock while holding them. A compaction (B) that was
+    waiting on the deleted gate must, once it has it, hold the gate the path names now: else a
+    new reader passes the new gate freely, and a stream of readers starves the compaction."""
     path = tmp_path / "toy-0123456789abcdef.h5"
-    a, b, c = Journal(path), Journal(path), Journal(path)
-    b_has_it = threading.Event()
-    release_b = threading.Event()
+    rm, b, r1, r2 = (Journal(path) for _ in range(4))
+    b_inside, r1_done, r2_inside = threading.Event(), threading.Event(), threading.Event()
 
-    def hold_b() -> None:
+    def compaction() -> None:
         with b.locked(exclusive=True):
-            b_has_it.set()
-            release_b.wait(30)
+            b_inside.set()
 
-    with a.locked(exclusive=True):
-        tb = threading.Thread(target=hold_b, daemon=True)
+    def reader(journal: Journal, inside: threading.Event, until: threading.Event) -> None:
+        with journal.locked(exclusive=False):
+            inside.set()
+            until.wait(30)
+
+    with rm.locked(exclusive=True):
+        tb = threading.Thread(target=compaction, daemon=True)
         tb.start()
-        time.sleep(0.3)
-        assert not b_has_it.is_set()
-        a.lock_path.unlink()
-        a.gate_path.unlink()
-    assert b_has_it.wait(10)
-    tc, box = _in_thread(lambda: c.locked(exclusive=True).__enter__())
+        time.sleep(0.3)  # B now waits on the gate
+        rm.gate_path.unlink()
+        rm.lock_path.unlink()
+        r1_inside = threading.Event()
+        t1 = threading.Thread(target=reader, args=(r1, r1_inside, r1_done), daemon=True)
+        t1.start()  # a reader of the new files: it does not wait for the removal
+        assert r1_inside.wait(10)
+    time.sleep(0.3)  # B has the gate now, and waits for r1's shared lock
+    assert not b_inside.is_set()
+    t2 = threading.Thread(target=reader, args=(r2, r2_inside, threading.Event()), daemon=True)
+    t2.start()
     time.sleep(0.5)
-    assert tc.is_alive(), "C got the lock while B held it: B held a deleted file"
-    release_b.set()
-    tb.join(10)
-    tc.join(10)
-    assert "error" not in box
+    assert not r2_inside.is_set(), "a new reader went before the waiting compaction"
+    r1_done.set()
+    assert b_inside.wait(10) and r2_inside.wait(10)
 
 
 # ---------------------------------------------------------------------------- garbage
