@@ -17,7 +17,8 @@ compaction runs meanwhile.
   writers, journal parts whose rows are all in the consolidated file already (a compaction
   killed after its rename), journal folders, locks and gates of stores that no longer exist,
   and folders left by a killed :func:`remove_store`. Journal parts that hold rows not merged
-  yet are data, not garbage: they are merged only when asked (``compact=True``).
+  yet are data, not garbage: they are merged only when asked (``compact=True``). A damaged
+  store is left as it is (and named in the report's notes).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from featurestore.atomic import atomic_path, fsync_dir
-from featurestore.errors import StoreError
+from featurestore.errors import StoreCorruptError, StoreError
 from featurestore.keys import fingerprint
 from featurestore.store.facade import FeatureStore
 from featurestore.store.format import (
@@ -320,10 +321,16 @@ def collect_garbage(
     stores = sorted({s for e in entries if (s := _store_of(e)) is not None})
     for path in stores:
         journal = Journal(path)
-        if path.exists() or journal.part_paths():
-            _collect_in_store(journal, report, dry_run=dry_run, compact=compact)
-        else:
-            _collect_orphan(journal, report, dry_run=dry_run)
+        try:
+            if path.exists() or journal.part_paths():
+                _collect_in_store(journal, report, dry_run=dry_run, compact=compact)
+            else:
+                _collect_orphan(journal, report, dry_run=dry_run)
+        except StoreCorruptError as exc:  # one damaged store does not stop the others
+            report.notes.append(
+                f"{path.name} is damaged and was left as it is ({exc.file or path}); "
+                f"see `featurestore verify {path.name}`"
+            )
     return report
 
 

@@ -180,3 +180,16 @@ def test_gc_keeps_pending_rows_and_merges_them_when_asked(store: FeatureStore) -
 def test_gc_of_a_missing_cache_is_a_note(tmp_path: Path) -> None:
     report = collect_garbage(tmp_path / "nothing")
     assert not report.steps and "no cache" in report.notes[0]
+
+
+def test_gc_leaves_a_damaged_store_and_cleans_the_others(store: FeatureStore, tmp_path) -> None:
+    other = FeatureStore.for_spec(tmp_path, {"backbone": "other", "dim": 5})
+    other.append(KEYS[:3], rows(KEYS[:3]))
+    other.compact()
+    stale = tmp_path / f".{other.path.name}.tmp-0a1b2c3d4e5f"
+    stale.write_bytes(b"left by a killed compaction")
+    store.path.write_bytes(b"damaged")
+    report = collect_garbage(tmp_path)
+    assert not stale.exists()
+    assert any(store.path.name in n and "damaged" in n for n in report.notes)
+    assert store.path.read_bytes() == b"damaged"
