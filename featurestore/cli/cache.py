@@ -13,15 +13,14 @@ import click
 from featurestore.cli.group import (
     EXIT_SKIPPED,
     _cache_opt,
-    _extractor_kwargs,
     _human_bytes,
+    backbone_and_options,
     extractor_options,
     main,
     print_skipped,
 )
 from featurestore.cli.stores import _store_path
 from featurestore.cli.terminal import data_stdout, shown
-from featurestore.options import COMBO_SEPARATOR, ExtractorOptions
 
 _dry_run = click.option(
     "--dry-run", is_flag=True, help="Only list what would be done; change nothing."
@@ -89,11 +88,7 @@ def export(
     """
     from featurestore import export as exporting
 
-    chosen = _extractor_kwargs(kw)
-    options: Any = (
-        backbone if COMBO_SEPARATOR in backbone else ExtractorOptions.make(backbone, **chosen)
-    )
-    extra = chosen if isinstance(options, str) else {}
+    options, extra = backbone_and_options(backbone, kw)
     progress = sys.stderr.isatty()
     if out == "-":
         if fmt not in (None, "csv"):

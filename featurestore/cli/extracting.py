@@ -11,13 +11,12 @@ import click
 from featurestore.cli.group import (
     EXIT_SKIPPED,
     _cache_opt,
-    _extractor_kwargs,
+    backbone_and_options,
     extractor_options,
     main,
     print_skipped,
 )
 from featurestore.cli.terminal import shown
-from featurestore.options import COMBO_SEPARATOR, ExtractorOptions
 
 
 def _print_summary(r: Any) -> None:
@@ -86,9 +85,7 @@ def extract(source: str, backbone: str, as_json: bool, **kw: Any) -> None:
     """
     from featurestore.extraction import extract as run
 
-    chosen = _extractor_kwargs(kw)
-    options = backbone if COMBO_SEPARATOR in backbone else ExtractorOptions.make(backbone, **chosen)
-    extra = chosen if isinstance(options, str) else {}
+    options, extra = backbone_and_options(backbone, kw)
     progress = sys.stderr.isatty() or not as_json
     result = run(source, backbone=options, progress=progress, **extra, **kw)
     if as_json:

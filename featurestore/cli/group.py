@@ -13,7 +13,13 @@ import click
 
 from featurestore.cli.terminal import shown
 from featurestore.errors import FeatureStoreError
-from featurestore.options import DECODES, POOLINGS, PRECISIONS
+from featurestore.options import (
+    COMBO_SEPARATOR,
+    DECODES,
+    POOLINGS,
+    PRECISIONS,
+    ExtractorOptions,
+)
 
 EXIT_SKIPPED = 3  # the run finished but some images were skipped
 EXIT_INTERRUPTED = 130  # Ctrl-C / SIGINT, as shells report it
@@ -143,6 +149,17 @@ def extractor_options(func: Any) -> Any:
 
 
 _EXTRACTOR_OPTIONS = ("nodes", "pooling", "weights", "input_size", "precision", "decode")
+
+
+def backbone_and_options(backbone: str, kw: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """``(backbone, keywords)`` for the library from ``--backbone`` and a command's keyword
+    arguments (the extractor options are taken out of ``kw``): one backbone becomes an
+    :class:`~featurestore.options.ExtractorOptions` (checked now), a combination (``a+b``)
+    stays a name and its options travel as keywords, for every part."""
+    chosen = _extractor_kwargs(kw)
+    if COMBO_SEPARATOR in backbone:
+        return backbone, chosen
+    return ExtractorOptions.make(backbone, **chosen), {}
 
 
 def _extractor_kwargs(kw: dict[str, Any]) -> dict[str, Any]:
