@@ -32,12 +32,24 @@ from typing import IO, Any
 import numpy as np
 
 from featurestore.api import load_features
+from featurestore.config import cache_root
 from featurestore.errors import OptionError
+from featurestore.extractor import resolve
+from featurestore.options import ExtractorOptions, split_backbones
 from featurestore.output import check_output, open_output
 from featurestore.provenance import VERSION
 from featurestore.sources import Skipped, Source, open_source
+from featurestore.store import FeatureStore
 
-__all__ = ["FORMATS", "Export", "export_features", "format_of", "write_csv"]
+__all__ = [
+    "FORMATS",
+    "Export",
+    "ExportPlan",
+    "export_features",
+    "format_of",
+    "plan_export",
+    "write_csv",
+]
 
 FORMATS = ("npz", "csv", "parquet")
 
@@ -238,3 +250,70 @@ def export_features(
     data = collect(source, backbone=backbone, split=split, cache_dir=cache_dir, **options)
     write_export(data, out, fmt=kind)
     return data
+
+
+@dataclass
+class ExportPlan:
+    """What :func:`export_features` would do, found without extracting or writing anything:
+    the format, and for each backbone its store and how many of the source's images it holds
+    already (the others would be extracted first)."""
+
+    out: str
+    fmt: str
+    n_images: int
+    stores: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"out": self.out, "format": self.fmt, "images": self.n_images, "stores": self.stores}
+
+
+def plan_export(
+    source: str | Path | Source,
+    out: Path | str,
+    *,
+    backbone: Any,
+    fmt: str | None = None,
+    split: str | None = None,
+    cache_dir: str | Path | None = None,
+    **options: Any,
+) -> ExportPlan:
+    """What exporting ``source`` to ``out`` would do (see :class:`ExportPlan`): the same checks
+    as :func:`export_features` (format, pyarrow, an input as the output), then a look at the
+    stores. Nothing is extracted, and nothing is written, not even a lock file.
+
+    ``options``: the extractor options (as :func:`load_features` takes them); run options
+    (batch size, workers, ...) are accepted and ignored."""
+    kind = "csv" if str(out) == "-" and fmt is None else format_of(out, fmt)
+    if kind == "parquet":
+        _pyarrow()
+    src = source if isinstance(source, Source) else open_source(source)
+    if str(out) != "-":
+        inputs = [Path(source)] if not isinstance(source, Source) and Path(source).is_file() else []
+        check_output(out, inputs=[*inputs, *(Path(r.path) for r in src.records)])
+    records = src.select(split)
+    keys = {r.key for r in records}
+    chosen = {k: options[k] for k in EXTRACTOR_OPTIONS if options.get(k) is not None}
+    if isinstance(backbone, ExtractorOptions):
+        parts = [backbone]
+    else:
+        parts = [ExtractorOptions.make(name, **chosen) for name in split_backbones(backbone)]
+    plan = ExportPlan(out=str(out), fmt=kind, n_images=len(records))
+    for opts in parts:
+        store = FeatureStore.for_spec(cache_root(cache_dir), resolve(opts).spec)
+        exists = store.path.exists() or store.parts_dir.is_dir()
+        held = store.keys() if exists else set()  # a missing store is not created by looking
+        cached = len(keys & held)
+        plan.stores.append(
+            {
+                "backbone": opts.backbone,
+                "store": str(store.path),
+                "feature_dim": store.feature_dim() if exists else None,
+                "unique_images": len(keys),
+                "cached": cached,
+                "to_extract": len(keys) - cached,
+            }
+        )
+    return plan
+
+
+EXTRACTOR_OPTIONS = ("nodes", "pooling", "weights", "input_size", "precision", "decode")

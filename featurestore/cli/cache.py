@@ -70,9 +70,16 @@ def _print_report(report: Any, *, summary: str | None = None) -> None:
 @extractor_options
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--workers", type=click.IntRange(min=0), default=None)
+@_dry_run
 @_cache_opt
 def export(
-    source: str, backbone: str, out: str, fmt: str | None, split: str | None, **kw: Any
+    source: str,
+    backbone: str,
+    out: str,
+    fmt: str | None,
+    split: str | None,
+    dry_run: bool,
+    **kw: Any,
 ) -> None:
     """Write SOURCE's feature rows with their paths, image keys, labels and splits to a file.
 
@@ -89,6 +96,18 @@ def export(
     from featurestore import export as exporting
 
     options, extra = backbone_and_options(backbone, kw)
+    if dry_run:
+        plan = exporting.plan_export(
+            source, out, backbone=options, fmt=fmt, split=split, **extra, **kw
+        )
+        for s in plan.stores:
+            click.echo(
+                f"{s['backbone']}: {s['cached']} of {s['unique_images']} images cached, "
+                f"{s['to_extract']} would be extracted first ({shown(s['store'])})"
+            )
+        where = "stdout" if out == "-" else shown(out)
+        click.echo(f"would export up to {plan.n_images} rows -> {where} ({plan.fmt})")
+        return
     progress = sys.stderr.isatty()
     if out == "-":
         if fmt not in (None, "csv"):

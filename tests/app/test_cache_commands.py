@@ -335,3 +335,17 @@ def test_export_refuses_its_source_and_unknown_formats(labelled, tmp_path) -> No
     assert manifest.read_bytes() == before
     odd = _export(labelled, tmp_path / "rows.xlsx")
     assert odd.exit_code == 1 and ".npz, .csv or .parquet" in odd.stderr
+
+
+def test_export_dry_run_says_what_is_cached_and_writes_nothing(labelled, tmp_path) -> None:
+    before = snapshot(labelled["cache"])
+    argv = ["export", labelled["imgs"], "-b", "mobilenet_v3_small+resnet50", *TINY_ARGS]
+    out = tmp_path / "rows.npz"
+    done = invoke(*argv, "--out", out, "--cache-dir", labelled["cache"], "--dry-run")
+    assert done.exit_code == 0, done.output
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("mobilenet_v3_small: 6 of 7 images cached, 1 would be extracted")
+    assert lines[1].startswith("resnet50: 0 of 7 images cached, 7 would be extracted first")
+    assert lines[2] == f"would export up to 7 rows -> {out} (npz)"
+    assert snapshot(labelled["cache"]) == before and not out.exists()
+    assert not list(labelled["cache"].glob("resnet50*"))  # looking creates no lock file
