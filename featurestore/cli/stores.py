@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from pathlib import Path
 
@@ -24,17 +25,22 @@ def ls_(name: str | None, cache_dir: Path | None, as_json: bool) -> None:
     name, a backbone, a fingerprint prefix (4+ hex digits) or the start of a file name.
     """
     from featurestore.config import cache_root
-    from featurestore.store import list_stores
+    from featurestore.store import FeatureStore, StoreError, list_stores
     from featurestore.store.naming import describe_options, match_stores
 
     root = cache_root(cache_dir)
     if name is None:
         infos = list_stores(root)
     else:
-        wanted = {r.path for r in match_stores(name, root)}
-        if not wanted:
+        refs = match_stores(name, root)
+        if not refs:
             _store_path(name, cache_dir)  # raises the naming rule's error, listing the stores
-        infos = [i for i in list_stores(root) if i.path in wanted]
+        infos = []
+        for ref in refs:  # as list_stores does: a store that cannot be read is skipped, said
+            try:
+                infos.append(FeatureStore(ref.path).info())
+            except StoreError as exc:
+                logging.getLogger(__name__).warning("skipping %s: %s", ref.path, exc)
     if as_json:
         click.echo(
             json.dumps([{**i.to_dict(), "options": describe_options(i.spec)} for i in infos])

@@ -2,8 +2,8 @@
 
 A store is named, in this order, by the first rule that matches at least one store:
 
-1. **a path**: a name holding a path separator, or an existing ``*.h5`` file or ``*.parts``
-   folder, is that store (it must exist);
+1. **a path**: a name holding a path separator, or naming something that exists, is taken
+   as given (nothing is opened: the command judges whether it is a store);
 2. **a store file name**: ``efficientnet_lite0-e61e5629a5da5eaa.h5``, with or without ``.h5``;
 3. **a backbone**: ``efficientnet_lite0`` names every store of that backbone (one per set of
    extractor options: node, pooling, precision, input size, weights);
@@ -14,8 +14,9 @@ A name that matches several stores is ambiguous where one store is needed (``inf
 ``verify``, ``rm``): :func:`resolve_store` then lists every candidate with the options that tell
 them apart and says how to name one. ``a+b`` names a combination, not a store.
 
-Reading a store's options opens only its attributes, under the shared lock; a damaged store is
-still found by its file name (its options read as unknown).
+Names are matched on file names; only the stores a name matched are opened, to read their
+options from their attributes (regular files only, without creating lock files). A damaged store
+is still found by its file name (its options read as unknown).
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ from typing import Any
 from featurestore.errors import StoreError, StoreNameError
 from featurestore.options import COMBO_SEPARATOR
 from featurestore.store.format import H5_ERRORS, attr_text
-from featurestore.store.journal import Journal
 from featurestore.store.reader import open_checked
 
 __all__ = [
@@ -118,53 +118,56 @@ def _store_paths(root: Path) -> list[Path]:
     return sorted(paths)
 
 
-def _read_ref(path: Path) -> StoreRef:
+def _by_name(path: Path) -> StoreRef:
+    """What a store's file name says (``<backbone>-<fingerprint[:16]>.h5``); nothing is read."""
     m = STORE_FILE.match(path.name)
-    backbone = m["backbone"] if m else path.stem
-    fallback = StoreRef(path, backbone, m["fp"] if m else "", None)
-    try:
-        journal = Journal(path)
-    except StoreError:
-        return fallback
+    return StoreRef(path, m["backbone"] if m else path.stem, m["fp"] if m else "", None)
 
-    def read() -> StoreRef:
-        sources = journal.sources()
-        if not sources:
-            return fallback
-        with open_checked(sources[0], None) as f:
+
+def _with_spec(ref: StoreRef) -> StoreRef:
+    """``ref`` with its spec and full fingerprint read from its first file's attributes.
+
+    Only a regular file is opened (never a FIFO or a device in a store's place), without the
+    lock (attributes are read from one open file, which a compaction replaces but never
+    changes) and so without creating lock files; a file that cannot be read leaves ``ref`` as
+    its name describes it."""
+    parts = ref.path.with_name(ref.path.stem + ".parts")
+    first = ref.path if ref.path.exists() else next(iter(sorted(parts.glob("part-*.h5"))), None)
+    if first is None or not first.is_file():
+        return ref
+    try:
+        with open_checked(first, None) as f:
             spec = json.loads(attr_text(f, "spec"))
-            return StoreRef(
-                path, str(spec.get("backbone", backbone)), attr_text(f, "fingerprint"), spec
-            )
-
-    try:
-        return journal.shared(read)
+            fp = attr_text(f, "fingerprint")
     except (StoreError, *H5_ERRORS):
-        return fallback  # damaged or unreadable: known by its file name only
+        return ref  # damaged, unreadable or gone: known by its file name only
+    if not isinstance(spec, dict):
+        return ref
+    return StoreRef(ref.path, str(spec.get("backbone", ref.backbone)), fp, spec)
 
 
 def find_stores(root: Path | str) -> list[StoreRef]:
-    """Every store under cache root ``root``, sorted by file name."""
-    return [_read_ref(p) for p in _store_paths(Path(root))]
+    """Every store under cache root ``root``, sorted by file name, with its options."""
+    return [_with_spec(_by_name(p)) for p in _store_paths(Path(root))]
 
 
 def _is_path(name: str) -> bool:
+    """A name that is a path: it holds a separator, or names something that exists here."""
     if os.sep in name or (os.altsep and os.altsep in name):
         return True
     p = Path(name)
-    return (p.suffix == ".h5" and p.is_file()) or (p.suffix == ".parts" and p.is_dir())
+    return p.exists() or p.with_name(p.stem + ".parts").is_dir()
 
 
-def _as_store_path(name: str) -> Path:
-    p = Path(name)
-    if p.suffix == ".parts":
-        return p.with_name(p.name[: -len(".parts")] + ".h5")
-    return p
+def _file_backbone(name: str) -> str:
+    """A backbone name as store file names spell it (see ``journal.store_name``)."""
+    return re.sub(r"[^A-Za-z0-9_.+-]", "_", name)
 
 
 def match_stores(name: str, root: Path | str) -> list[StoreRef]:
     """The stores ``name`` names under cache root ``root`` (see the module docstring for the
-    rule); empty when it names none.
+    rule); empty when it names none. A path is taken as given: nothing is opened or checked
+    (the caller's command judges whether it is a store).
 
     Raises:
         StoreNameError: ``name`` is empty, or a combination (``a+b``).
@@ -173,27 +176,34 @@ def match_stores(name: str, root: Path | str) -> list[StoreRef]:
     if not name:
         raise StoreNameError("a store name is empty; see `featurestore ls` for the stores")
     if _is_path(name):
-        path = _as_store_path(name)
+        path = Path(name)
         exists = path.exists() or path.with_name(path.stem + ".parts").is_dir()
-        return [_read_ref(path)] if exists else []
+        return [_by_name(path)] if exists else []
     if COMBO_SEPARATOR in name:
         parts = " and ".join(f"`{p.strip()}`" for p in name.split(COMBO_SEPARATOR))
         raise StoreNameError(
             f"{name!r} names a combination of backbones, whose rows live in one store per "
             f"backbone; name one store at a time ({parts})"
         )
-    refs = find_stores(root)
+    refs = [_by_name(p) for p in _store_paths(Path(root))]
     file_name = name if name.endswith(".h5") else f"{name}.h5"
+    hex_name = name.lower() if HEX.match(name.lower()) else None
+
+    def fingerprint_rule(r: StoreRef) -> bool:
+        if hex_name is None or not r.fingerprint.startswith(hex_name[:16]):
+            return False
+        return len(hex_name) <= 16 or _with_spec(r).fingerprint.startswith(hex_name)
+
     rules = (
         lambda r: r.name == file_name,
-        lambda r: r.backbone == name,
-        lambda r: bool(HEX.match(name)) and r.fingerprint.startswith(name),
+        lambda r: r.backbone == _file_backbone(name),
+        fingerprint_rule,
         lambda r: r.name.startswith(name),
     )
     for rule in rules:
         found = [r for r in refs if rule(r)]
         if found:
-            return found
+            return [_with_spec(r) for r in found]
     return []
 
 
@@ -220,7 +230,7 @@ def resolve_store(name: str, root: Path | str) -> Path:
     if not found:
         if _is_path(name):
             raise StoreNameError(f"no store at {name} (no such .h5 file or .parts folder)")
-        there = [r.name for r in find_stores(root)]
+        there = [p.name for p in _store_paths(root)]
         listed = ", ".join(there[:20]) + (f" and {len(there) - 20} more" if len(there) > 20 else "")
         raise StoreNameError(
             f"no store named {name!r} in {root}: "

@@ -4,6 +4,7 @@ them apart; a combination is not a store."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +75,7 @@ def test_a_backbone_with_several_stores_is_ambiguous_and_lists_what_differs(cach
     assert set(info.value.candidates) == {cache["fp32"], cache["bf16"], cache["node"]}
 
 
-@pytest.mark.parametrize("form", ["file name", "file name without .h5", "path", "parts path"])
+@pytest.mark.parametrize("form", ["file name", "file name without .h5", "path", "relative path"])
 def test_a_file_name_or_path_names_one_store(cache, form: str, monkeypatch) -> None:
     path = cache["bf16"]
     monkeypatch.chdir(cache["root"].parent)
@@ -82,10 +83,27 @@ def test_a_file_name_or_path_names_one_store(cache, form: str, monkeypatch) -> N
         "file name": path.name,
         "file name without .h5": path.stem,
         "path": str(path),
-        "parts path": f"cache/{cache['journal_only'].stem}.parts",
+        "relative path": f"cache/{path.name}",
     }[form]
-    want = cache["journal_only"] if form == "parts path" else path
-    assert resolve_store(name, cache["root"]).resolve() == want.resolve()
+    assert resolve_store(name, cache["root"]).resolve() == path.resolve()
+
+
+def test_a_path_is_taken_as_given_and_never_opened(tmp_path: Path) -> None:
+    """A FIFO in a store's place would hang an open; a lock file would be created beside it.
+    The naming rule does neither: the command that gets the path judges it."""
+    fifo = tmp_path / "toy-0123456789abcdef.h5"
+    os.mkfifo(fifo)
+    parts = tmp_path / "other-0123456789abcdef.parts"
+    parts.mkdir()
+    assert resolve_store(str(fifo), tmp_path / "cache") == fifo
+    assert resolve_store(str(parts), tmp_path / "cache") == parts  # not its store: as given
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([fifo.name, parts.name])
+
+
+def test_a_backbone_name_spelled_differently_in_file_names(tmp_path: Path) -> None:
+    path = make_store(tmp_path, spec("timm:resnet50.a1_in1k"))
+    assert path.name.startswith("timm_resnet50.a1_in1k-")
+    assert resolve_store("timm:resnet50.a1_in1k", tmp_path) == path
 
 
 def test_a_fingerprint_prefix_names_one_store(cache) -> None:
