@@ -28,6 +28,7 @@ __all__ = [
     "SourceError",
     "StoreCorruptError",
     "StoreError",
+    "StoreNameError",
     "WeightsUnavailableError",
 ]
 
@@ -79,6 +80,14 @@ class NotAStoreError(StoreError, ValueError):
     error (exit status 2), never reported as a damaged store."""
 
     exit_code = 2
+
+
+class StoreNameError(FeatureStoreError, ValueError):
+    """A store name that names no store of the cache, or several (``candidates`` lists them)."""
+
+    def __init__(self, message: str, *, candidates: tuple[Path, ...] = ()) -> None:
+        super().__init__(message)
+        self.candidates = candidates
 
 
 class MissingRowsError(FeatureStoreError, KeyError):

@@ -22,7 +22,7 @@ from classifiers.sweep import SweepResult, run_sweep
 from featurestore.errors import OptionError
 from featurestore.extractor import ExtractorRecord
 from featurestore.featuresets import SweepData, build_sweep_data
-from featurestore.headfile import HeadCard, save_head
+from featurestore.headfile import HeadCard, save_head_card
 from featurestore.report import write_report
 
 __all__ = ["Anchor", "ExperimentResult", "parse_anchor", "run_experiment"]
@@ -121,7 +121,7 @@ def save_best_head(
     # SVMs have no predict_proba: calibrate their scores so predict can report one.
     head = with_probabilities(best.estimator, trained.X_train, trained.y_train, cv=cv)
     card = head_card(best, data, source)
-    return save_head(head, out_dir / "best_head.joblib", metadata=card.to_json())
+    return save_head_card(head, out_dir / "best_head.joblib", card)
 
 
 def run_experiment(

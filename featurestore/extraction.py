@@ -26,7 +26,7 @@ from featurestore.config import cache_root
 from featurestore.engines import check_engine
 from featurestore.errors import ExtractError, OptionError
 from featurestore.extractor import Extractor, resolve
-from featurestore.options import ExtractorOptions
+from featurestore.options import COMBO_SEPARATOR, ExtractorOptions, split_backbones
 from featurestore.sources import ImageLoader, Record, Skipped, SkippedFiles, Source, open_source
 from featurestore.store import FeatureStore, StoreCorruptError, StoreError
 from featurestore.views import ViewPolicy, ViewTodo, get_policy
@@ -76,6 +76,8 @@ class ExtractResult:
     n_views_extracted: int = 0
     n_views_reused: int = 0
     view_stores: list[Path] = field(default_factory=list)
+    #: For a combination (``backbone="a+b"``): each backbone's own result, in column order.
+    parts: list[ExtractResult] = field(default_factory=list)
 
     @property
     def images_per_s(self) -> float:
@@ -113,7 +115,42 @@ class ExtractResult:
             "views_reused": self.n_views_reused,
             "views_per_s": round(self.views_per_s, 2),
             "view_stores": [str(p) for p in self.view_stores],
+            **({"parts": [p.to_dict() for p in self.parts]} if self.parts else {}),
         }
+
+    @classmethod
+    def combined(cls, parts: list[ExtractResult], *, store: Path, seconds: float) -> ExtractResult:
+        """The result of extracting a combination: one row per image is the concatenation of
+        ``parts``' rows. ``backbone`` and ``fingerprint`` join the parts' with ``+``,
+        ``store`` is the cache root (each part names its own store), ``feature_dim`` is the
+        concatenated width, counts of extracted and reused rows add up over the parts."""
+        first = parts[0]
+        skipped = SkippedFiles(s for p in parts for s in p.skipped)
+        dims = [p.feature_dim for p in parts]
+        return cls(
+            source=first.source,
+            backbone=COMBO_SEPARATOR.join(p.backbone for p in parts),
+            fingerprint=COMBO_SEPARATOR.join(p.fingerprint for p in parts),
+            store=store,
+            n_images=first.n_images,
+            n_unique=first.n_unique,
+            n_extracted=sum(p.n_extracted for p in parts),
+            n_reused=sum(p.n_reused for p in parts),
+            skipped=list(skipped),
+            seconds=seconds,
+            feature_dim=None if None in dims else sum(d for d in dims if d is not None),
+            device=first.device,
+            precision=first.precision,
+            batch_size=first.batch_size,
+            workers=first.workers,
+            warnings=list(dict.fromkeys(w for p in parts for w in p.warnings)),
+            engine=first.engine,
+            views=first.views,
+            views_per_image=first.views_per_image,
+            n_views_extracted=sum(p.n_views_extracted for p in parts),
+            n_views_reused=sum(p.n_views_reused for p in parts),
+            parts=parts,
+        )
 
 
 def extract(
@@ -171,6 +208,11 @@ def extract(
     batches already computed are stored, the worker processes end, the journal is merged, and
     the exception reaches the caller; the next run resumes. The worker processes end with this
     process however it ends, SIGKILL included.
+
+    ``backbone`` may name a combination (``"alexnet+vgg16"``, as :func:`load_features` and
+    ``sweep --combo`` take it): each backbone is extracted in turn, with the same options, from
+    one scan of the source; the result (:meth:`ExtractResult.combined`) lists each one's in
+    ``parts``.
     """
     start = time.perf_counter()
     check_engine(engine, address)
@@ -179,6 +221,24 @@ def extract(
     policy = get_policy(views) if views is not None else None
     if policy is not None and engine != "local":
         raise OptionError("views are extracted by the local engine only; leave out --engine ray")
+    if isinstance(backbone, str) and COMBO_SEPARATOR in backbone:
+        src = (
+            source
+            if isinstance(source, Source)
+            else open_source(source, images_key=images_key, labels_key=labels_key)
+        )
+        chosen = dict(nodes=nodes, pooling=pooling, weights=weights, input_size=input_size)
+        chosen.update(precision=precision, decode=decode)
+        common = dict(batch_size=batch_size, workers=workers, device=device, cache_dir=cache_dir)
+        common.update(strict=strict, progress=progress, split=split, engine=engine)
+        common.update(address=address, views=views)
+        parts = [
+            extract(src, backbone=ExtractorOptions.make(name, **chosen), **common)
+            for name in split_backbones(backbone)
+        ]
+        return ExtractResult.combined(
+            parts, store=cache_root(cache_dir), seconds=time.perf_counter() - start
+        )
     if isinstance(backbone, ExtractorOptions):
         options = backbone
     else:

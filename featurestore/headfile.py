@@ -5,6 +5,11 @@ by a sweep carries a :class:`HeadCard` as its metadata (the feature set, the hea
 parameters, the class names, and the :class:`~featurestore.extractor.ExtractorRecord` of every
 feature block in column order). The card is written and read here and nowhere else.
 
+:func:`save_head_card` saves the head wrapped in a
+:class:`~classifiers.labelled.LabelledClassifier` that carries the card's class names, so a head
+loaded with plain ``joblib.load`` predicts class names, not indices. :func:`load_head_card`
+gives that wrapper for every head, wrapping heads saved before it existed.
+
 Security: a saved head is a pickle. Loading a pickle can run arbitrary code, and the sha256
 check only proves that the file matches its sidecar, not who wrote either. Only load heads
 from sources you trust.
@@ -23,8 +28,14 @@ from typing import Any
 
 import joblib
 
+from classifiers.labelled import LabelledClassifier
 from featurestore import atomic, provenance
-from featurestore.errors import FeatureStoreError, HeadIntegrityError, HeadMismatchError
+from featurestore.errors import (
+    FeatureStoreError,
+    HeadError,
+    HeadIntegrityError,
+    HeadMismatchError,
+)
 from featurestore.extractor import ExtractorRecord
 
 __all__ = [
@@ -34,6 +45,7 @@ __all__ = [
     "load_head",
     "load_head_card",
     "save_head",
+    "save_head_card",
     "sidecar_path",
 ]
 
@@ -101,10 +113,15 @@ def _read_sidecar(path: Path) -> dict[str, Any]:
         )
     try:
         sidecar = json.loads(side.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise HeadIntegrityError(f"sidecar {side} is unreadable: {exc}") from exc
-    if not isinstance(sidecar, dict) or sidecar.get("format") != FORMAT:
-        found = sidecar.get("format") if isinstance(sidecar, dict) else None
+    if not isinstance(sidecar, dict):
+        raise HeadIntegrityError(
+            f"sidecar {side} holds a JSON {type(sidecar).__name__}, not an object; refusing "
+            f"to load {path}"
+        )
+    if sidecar.get("format") != FORMAT:
+        found = sidecar.get("format")
         raise HeadIntegrityError(
             f"sidecar {side} has format {found!r}, expected {FORMAT!r}; refusing to load {path}"
         )
@@ -144,14 +161,18 @@ def load_head(path: Path) -> tuple[Any, dict[str, Any]]:
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        HeadIntegrityError: The sidecar is missing, unreadable or of another format, or the
-            sha256 of the file differs from the sidecar's.
+        HeadIntegrityError: The sidecar is missing, unreadable or of another format, the
+            sha256 of the file differs from the sidecar's, or the matching bytes do not
+            unpickle (a file that was never a saved head, with a sidecar made to match).
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no saved head at {path}")
     sidecar = _read_sidecar(path)
-    data = path.read_bytes()
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise HeadIntegrityError(f"cannot read the head {path}: {exc}") from exc
     digest = hashlib.sha256(data).hexdigest()
     if digest != sidecar.get("sha256"):
         raise HeadIntegrityError(
@@ -160,7 +181,15 @@ def load_head(path: Path) -> tuple[Any, dict[str, Any]]:
             "again."
         )
     _warn_on_version_changes(path, sidecar)
-    return joblib.load(io.BytesIO(data)), sidecar
+    try:
+        estimator = joblib.load(io.BytesIO(data))
+    except Exception as exc:  # any bytes can reach here: unpickling raises anything
+        raise HeadIntegrityError(
+            f"{path} matches its sidecar's sha256 but does not load as a saved head "
+            f"({type(exc).__name__}: {exc}); it was not written by save_head(). Save the head "
+            "again."
+        ) from exc
+    return estimator, sidecar
 
 
 @dataclass(frozen=True)
@@ -221,11 +250,40 @@ class HeadCard:
         )
 
 
-def load_head_card(path: Path) -> tuple[Any, HeadCard]:
+def save_head_card(estimator: Any, path: Path, card: HeadCard) -> Path:
+    """Save a sweep's head with its :class:`HeadCard` (see :func:`save_head`).
+
+    ``estimator`` predicts indices into ``card.class_names`` (as a sweep's heads do); it is
+    saved wrapped in a :class:`~classifiers.labelled.LabelledClassifier` carrying those names,
+    so that ``joblib.load(path).predict(X)`` gives class names.
+    """
+    if not isinstance(estimator, LabelledClassifier):
+        estimator = LabelledClassifier.from_fitted(estimator, card.class_names)
+    elif [str(n) for n in estimator.class_names_] != card.class_names:
+        raise HeadError(
+            f"the head carries class names {list(estimator.class_names_)}, its card "
+            f"{card.class_names}"
+        )
+    return save_head(estimator, path, metadata=card.to_json())
+
+
+def load_head_card(path: Path) -> tuple[LabelledClassifier, HeadCard]:
     """:func:`load_head` for a sweep's head: the estimator and its :class:`HeadCard`, checked
-    against each other (the head predicts exactly the card's classes)."""
+    against each other (the head predicts only the card's classes).
+
+    The estimator is a :class:`~classifiers.labelled.LabelledClassifier` (its ``predict``
+    gives class names); a head saved before heads carried their names is wrapped here.
+    """
     estimator, sidecar = load_head(path)
     card = HeadCard.from_json(sidecar.get("metadata"), where=sidecar_path(Path(path)))
+    if isinstance(estimator, LabelledClassifier):
+        names = [str(n) for n in getattr(estimator, "class_names_", [])]
+        if names != card.class_names:
+            raise HeadIntegrityError(
+                f"{path}: the head carries class names {names[:10]} but its sidecar names "
+                f"{card.class_names[:10]}; the two do not belong together"
+            )
+        return estimator, card
     classes = getattr(estimator, "classes_", None)
     if classes is None or not hasattr(estimator, "predict"):
         raise HeadIntegrityError(f"{path} does not hold a fitted classifier")
@@ -236,7 +294,10 @@ def load_head_card(path: Path) -> tuple[Any, HeadCard]:
         fits = False
     if not fits:
         raise HeadIntegrityError(
-            f"{path}: the head predicts classes {list(classes)} but its sidecar names "
+            f"{path}: the head predicts classes {list(classes)[:10]} but its sidecar names "
             f"{n} classes; the two do not belong together"
         )
-    return estimator, card
+    try:
+        return LabelledClassifier.from_fitted(estimator, card.class_names), card
+    except ValueError as exc:  # e.g. classes_ of a float dtype
+        raise HeadIntegrityError(f"{path}: {exc}") from exc

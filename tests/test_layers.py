@@ -1,10 +1,11 @@
 """The architecture, read from the code: layers only point down and no import makes a circle.
 
-Layers (README "Architecture"): the application (``cli``, ``experiment``, ``featuresets``,
-``predict``, ``report``, ``headfile``) may use the core and ``classifiers``; the core (every
-other ``featurestore`` module) uses neither; ``classifiers`` uses neither ``featurestore`` nor
-torch. Every import is read with :mod:`ast`, at module level or inside functions alike (a lazy
-import still ties two modules), except those under ``if TYPE_CHECKING:``.
+Layers (README "Architecture"): the application (``cli`` and its modules, ``experiment``,
+``featuresets``, ``predict``, ``export``, ``report``, ``headfile``) may use the core and
+``classifiers``; the core (every other ``featurestore`` module) uses neither; ``classifiers``
+uses neither ``featurestore`` nor torch. Every import is read with :mod:`ast`, at module level
+or inside functions alike (a lazy import still ties two modules), except those under
+``if TYPE_CHECKING:``.
 """
 
 from __future__ import annotations
@@ -19,6 +20,14 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("featurestore", "classifiers")
 APPLICATION = {
     "featurestore.cli",
+    "featurestore.cli.__main__",
+    "featurestore.cli.cache",
+    "featurestore.cli.extracting",
+    "featurestore.cli.group",
+    "featurestore.cli.heads",
+    "featurestore.cli.stores",
+    "featurestore.cli.terminal",
+    "featurestore.export",
     "featurestore.experiment",
     "featurestore.featuresets",
     "featurestore.predict",

@@ -17,6 +17,10 @@ per written batch, under an advisory lock. One concept per module:
 * :mod:`.checks`: :func:`verify`, the health check before appending, the damage listing, the
   check of a batch before it is appended (finite rows only).
 * :mod:`.facade`: :class:`FeatureStore`, the small API the rest of featurestore uses.
+* :mod:`.naming`: the naming rule: which store(s) a name (path, file name, backbone,
+  fingerprint prefix) means, and the options that tell stores of one backbone apart.
+* :mod:`.maintenance`: removing a store or some of its rows, collecting leftovers (``rm``,
+  ``gc``).
 
 Crash safety rests on one rule: no HDF5 file is ever modified in place; every file is written
 under a temporary name, fsynced and renamed (:func:`featurestore.atomic.atomic_path`). A

@@ -199,6 +199,27 @@ class Journal:
         except OSError:
             return None
 
+    def _flock(self, path: Path, mode: int, fds: list[int], *, exclusive: bool) -> int | None:
+        """Lock ``path`` (``mode``) and add the descriptor to ``fds``; None: a reader that
+        cannot open it. Removing a store deletes its lock files while holding them: a process
+        that was waiting on a deleted file finds the path gone or new once it has the lock, and
+        locks the file the path names now."""
+        while True:
+            fd = self._lock_fd(path, exclusive=exclusive)
+            if fd is None:
+                return None
+            fds.append(fd)
+            fcntl.flock(fd, mode)
+            try:
+                now = os.stat(path)
+            except FileNotFoundError:
+                now = None
+            held = os.fstat(fd)
+            if now is not None and (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino):
+                return fd
+            fds.remove(fd)
+            os.close(fd)
+
     @contextlib.contextmanager
     def locked(self, *, exclusive: bool) -> Iterator[None]:
         """The store's lock: shared for readers, exclusive for compaction.
@@ -223,14 +244,8 @@ class Journal:
         mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
         fds: list[int] = []
         try:
-            gate = self._lock_fd(self.gate_path, exclusive=exclusive)
-            if gate is not None:
-                fds.append(gate)
-                fcntl.flock(gate, mode)
-            lock = self._lock_fd(self.lock_path, exclusive=exclusive)
-            if lock is not None:
-                fds.append(lock)
-                fcntl.flock(lock, mode)
+            gate = self._flock(self.gate_path, mode, fds, exclusive=exclusive)
+            self._flock(self.lock_path, mode, fds, exclusive=exclusive)
             if gate is not None and not exclusive:
                 fcntl.flock(gate, fcntl.LOCK_UN)  # readers only pass through the gate
             self._depth[me] = depth + 1

@@ -20,6 +20,7 @@ def test_every_error_is_a_featurestore_error_and_its_builtin() -> None:
         errors.StoreError: RuntimeError,
         errors.StoreCorruptError: RuntimeError,
         errors.NotAStoreError: ValueError,
+        errors.StoreNameError: ValueError,
         errors.MissingRowsError: KeyError,
         errors.HeadError: ValueError,
         errors.HeadIntegrityError: ValueError,
@@ -83,3 +84,25 @@ def test_each_failure_is_one_line_on_stderr_with_exit_1(
         assert done.returncode == 1, (name, done.returncode, err)
         assert "Traceback" not in err, (name, err)
         assert len(lines) == 1 and lines[0].startswith("error: "), (name, err)
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly() -> None:
+    """`featurestore predict ... --out - | head`: stdout's reader closes the pipe; the command
+    stops with the shell's SIGPIPE status (141), without an error line or a traceback."""
+    import click
+    from click.testing import CliRunner
+
+    from featurestore.cli.group import EXIT_BROKEN_PIPE, _Commands
+
+    @click.group(cls=_Commands)
+    def group() -> None:
+        pass
+
+    @group.command()
+    def write() -> None:
+        click.echo("first line")
+        raise BrokenPipeError(32, "Broken pipe")
+
+    done = CliRunner().invoke(group, ["write"])
+    assert done.exit_code == EXIT_BROKEN_PIPE == 141
+    assert done.stderr == "" and isinstance(done.exception, SystemExit)
