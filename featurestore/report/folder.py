@@ -49,7 +49,7 @@ def check_output(out: Path) -> None:
     must let this process create and rename folders: a probe folder with a file in it is made
     there and removed.
     """
-    out = Path(out)
+    out = Path(out).absolute()
     if out.exists() and not out.is_dir():
         raise OutputError(f"--out {out} is a file; give a folder for the report")
     if out.is_dir() and not (out / MARKER).is_file():
@@ -63,7 +63,7 @@ def check_output(out: Path) -> None:
                 f"e.g. {foreign.name}); the report replaces its folder as a whole, so give a "
                 "new or empty folder"
             )
-    parent = out.absolute().parent
+    parent = out.parent
     probe = parent / f".{out.name}.{secrets.token_hex(4)}.probe"
     try:
         parent.mkdir(parents=True, exist_ok=True)
@@ -103,7 +103,8 @@ def _exchange(a: Path, b: Path) -> bool:
 
 def swap_in(new: Path, out: Path) -> None:
     """Put the folder ``new`` at ``out``, removing what was there (see the module docstring)."""
-    parent = out.absolute().parent
+    out = Path(out).absolute()
+    parent = out.parent
     if not out.exists():
         os.rename(new, out)
     elif _exchange(new, out):
@@ -131,8 +132,8 @@ def staged(out: Path) -> Iterator[Path]:
     """Yield an empty folder beside ``out``; on success swap it in as ``out``, on any error
     remove it and leave ``out`` as it was. Errors of the file system become
     :class:`OutputError` naming the report folder."""
-    out = Path(out)
-    parent = out.absolute().parent
+    out = Path(out).absolute()
+    parent = out.parent
     tmp = parent / f".{out.name}.{secrets.token_hex(4)}.partial"
     try:
         parent.mkdir(parents=True, exist_ok=True)

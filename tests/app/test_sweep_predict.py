@@ -40,11 +40,16 @@ def run(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([*CLI, *args], capture_output=True, text=True)
 
 
-def sweep_rows(src: Path, out: Path, cache: str, *args: str, cv: int = 3) -> list[dict]:
-    """`featurestore sweep` (tiny backbones) into ``out``; the leaderboard's rows."""
+def sweep_rows(
+    src: Path, out: Path, cache: str, *args: str, cv: int = 3, stderr: list[str] | None = None
+) -> list[dict]:
+    """`featurestore sweep` (tiny backbones) into ``out``; the leaderboard's rows (and the
+    progress lines on stderr appended to ``stderr``)."""
     common = ["--cv", str(cv), "--out", str(out), "--cache-dir", cache, *TINY]
     r = run("sweep", str(src), *args, *common)
     assert r.returncode == 0, r.stderr
+    if stderr is not None:
+        stderr += r.stderr.splitlines()
     return json.loads((out / "leaderboard.json").read_text())["rows"]
 
 
@@ -77,6 +82,7 @@ def test_sweep_combo_every_head_then_predict_reproduces_accuracy(tmp_path: Path)
     src = make_split_folder(tmp_path / "imgs")
     out = tmp_path / "report"
     cache = str(tmp_path / "cache")
+    progress: list[str] = []
     rows = sweep_rows(
         src,
         out,
@@ -88,8 +94,19 @@ def test_sweep_combo_every_head_then_predict_reproduces_accuracy(tmp_path: Path)
         "--combo",
         "resnet18+mobilenet_v3_small",
         "--no-grid",
+        stderr=progress,
     )
     from classifiers.heads import HEADS
+
+    # every head on every feature set says when it starts and when it is done, with its time
+    # and the sweep's overall progress
+    sets = ["resnet18", "mobilenet_v3_small", "resnet18+mobilenet_v3_small", "pixels32"]
+    n = len(sets) * len(HEADS)
+    for i, (fs, head) in enumerate(((f, h) for f in sets for h in HEADS), 1):
+        label = f"[{i:>2}/{n}] {fs} / {head}: "
+        assert f"{label}fitting 1 setting(s) x 3-fold CV" in progress
+        done = [line for line in progress if line.startswith(f"{label}done in ")]
+        assert len(done) == 1 and done[0].endswith(f"elapsed, {i}/{n} done)"), label
 
     combo = {row["head"] for row in rows if row["feature_set"] == "resnet18+mobilenet_v3_small"}
     assert combo == set(HEADS)  # the combination ran through every head
