@@ -29,6 +29,7 @@ from featurestore.report.rows import scoring_label
 
 __all__ = [
     "RocCurves",
+    "axis_ranges",
     "confusion_figure",
     "leaderboard_figure",
     "roc_curves",
@@ -54,50 +55,51 @@ def save_png(fig: Figure, path: Path) -> Path:
 
 
 # ----------------------------------------------------------------------------- leaderboard
-def _limits(values: Sequence[float]) -> tuple[float, float]:
-    low, high = min(values), max(values)
+#: The leaderboard's x axis breaks in two when the widest empty stretch between the drawn values
+#: is more than this share of their whole range (e.g. raw pixels far below pretrained features).
+BREAK_SHARE = 0.25
+
+
+def _padded(low: float, high: float) -> tuple[float, float]:
     pad = max(0.01, 0.06 * (high - low))
     return max(0.0, low - pad), min(1.0, high + pad) + (0.005 if high + pad >= 1.0 else 0.0)
 
 
-def leaderboard_figure(
-    rows: Sequence[dict[str, Any]], *, scoring: str = "accuracy", anchors: Sequence[Anchor] = ()
-) -> Figure:
-    """Each row (rank 1, the chosen one, on top): its mean CV score (with the fold spread when
-    known) and its test score (accuracy: with the Wilson 95% interval). The x axis spans the
-    data and the anchors; anchors are drawn only on an accuracy axis (they are accuracies)."""
-    label = scoring_label(scoring)
-    test_key = {"balanced_accuracy": "balanced_accuracy", "f1_macro": "macro_f1"}.get(
-        scoring, "accuracy"
-    )
-    n = len(rows)
-    fig = Figure(figsize=(9, 2.2 + 0.34 * n), layout="constrained")
-    ax = fig.add_subplot()
-    y = np.arange(n)
-    values: list[float] = []
+def axis_ranges(spans: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The x ranges of the leaderboard: one spanning every ``(low, high)`` drawn (a marker is
+    ``(v, v)``, an interval its ends), or two when a gap of more than :data:`BREAK_SHARE` of
+    the whole range separates them, so that neither cluster is squeezed."""
+    spans = sorted(spans)
+    low, high = spans[0][0], max(s[1] for s in spans)
+    gap, cut, reach = 0.0, None, spans[0][1]
+    for start, stop in spans[1:]:
+        if start - reach > gap:
+            gap, cut = start - reach, (reach, start)
+        reach = max(reach, stop)
+    if cut is None or high - low <= 0 or gap <= BREAK_SHARE * (high - low):
+        return [_padded(low, high)]
+    return [_padded(low, cut[0]), _padded(cut[1], high)]
+
+
+def _draw_rows(ax: Any, rows: Sequence[dict[str, Any]], test_key: str, legend: bool) -> None:
     for i, row in enumerate(rows):
         cv, std = row["cv_score"], row.get("cv_std")
+        spread = " (± fold spread)" if std is not None else ""
         ax.errorbar(
             cv,
             i - 0.15,
-            xerr=None if std is None else std,
+            xerr=std,
             fmt="o",
             mfc="white",
             color="tab:orange",
             capsize=2,
-            label="CV mean on the training split" + (" (± fold spread)" if std else "")
-            if i == 0
-            else None,
+            label=f"CV mean on the training split{spread}" if legend and i == 0 else None,
         )
-        values += [cv] if std is None else [cv - std, cv + std]
         test = row.get(test_key)
         if test is None:
             continue
         interval = row.get("accuracy_ci95") if test_key == "accuracy" else None
-        xerr = None
-        if interval:
-            xerr = [[test - interval[0]], [interval[1] - test]]
-            values += list(interval)
+        xerr = None if not interval else [[test - interval[0]], [interval[1] - test]]
         ax.errorbar(
             test,
             i + 0.15,
@@ -106,37 +108,91 @@ def leaderboard_figure(
             color="tab:blue",
             capsize=2,
             label="held-out test" + (" (95% Wilson interval)" if interval else "")
-            if i == 0
+            if legend and i == 0
             else None,
         )
-        values.append(test)
-    drawn = [a for a in anchors if test_key == "accuracy"]
-    for k, anchor in enumerate(drawn):
-        ax.axvline(
-            anchor.accuracy,
-            color="grey",
-            linestyle=("--", ":", "-.")[k % 3],
-            linewidth=1.2,
-            label=f"anchor: {anchor.name} ({anchor.accuracy:.4f})",
-        )
-        values.append(anchor.accuracy)
+
+
+def _spans(rows: Sequence[dict[str, Any]], test_key: str) -> list[tuple[float, float]]:
+    spans = []
+    for row in rows:
+        cv, std = row["cv_score"], row.get("cv_std") or 0.0
+        spans.append((cv - std, cv + std))
+        test = row.get(test_key)
+        if test is not None:
+            interval = row.get("accuracy_ci95") if test_key == "accuracy" else None
+            spans.append(tuple(interval) if interval else (test, test))
+    return spans
+
+
+def _break_marks(left: Any, right: Any) -> None:
+    left.spines["right"].set_visible(False)
+    right.spines["left"].set_visible(False)
+    right.tick_params(axis="y", left=False)
+    mark = {
+        "marker": [(-0.5, -1), (0.5, 1)],
+        "markersize": 10,
+        "linestyle": "none",
+        "color": "k",
+        "mec": "k",
+        "mew": 1,
+        "clip_on": False,
+    }
+    left.plot([1, 1], [0, 1], transform=left.transAxes, **mark)
+    right.plot([0, 0], [0, 1], transform=right.transAxes, **mark)
+
+
+def leaderboard_figure(
+    rows: Sequence[dict[str, Any]], *, scoring: str = "accuracy", anchors: Sequence[Anchor] = ()
+) -> Figure:
+    """Each row (rank 1, the chosen one, on top): its mean CV score (with the fold spread when
+    known) and its test score (accuracy: with the Wilson 95% interval). The x axis spans the
+    data and the anchors, broken in two when they form two distant clusters
+    (:func:`axis_ranges`); anchors are drawn only on an accuracy axis (they are accuracies)."""
+    label = scoring_label(scoring)
+    test_key = {"balanced_accuracy": "balanced_accuracy", "f1_macro": "macro_f1"}.get(
+        scoring, "accuracy"
+    )
+    drawn = list(anchors) if test_key == "accuracy" else []
+    n = len(rows)
+    spans = _spans(rows, test_key) + [(a.accuracy, a.accuracy) for a in drawn]
+    ranges = axis_ranges(spans)
+    fig = Figure(figsize=(9, 2.2 + 0.34 * n), layout="constrained")
+    widths = [max(hi - lo, 0.3 * (ranges[-1][1] - ranges[-1][0])) for lo, hi in ranges]
+    axes = fig.subplots(1, len(ranges), sharey=True, squeeze=False, width_ratios=widths)[0]
+    for k, (ax, limits) in enumerate(zip(axes, ranges, strict=True)):
+        _draw_rows(ax, rows, test_key, legend=k == 0)
+        for j, anchor in enumerate(drawn):
+            ax.axvline(
+                anchor.accuracy,
+                color="grey",
+                linestyle=("--", ":", "-.")[j % 3],
+                linewidth=1.2,
+                label=f"anchor: {anchor.name} ({anchor.accuracy:.4f})" if k == 0 else None,
+            )
+        ax.set_xlim(*limits)
+        ax.grid(axis="x", alpha=0.3)
+    if len(axes) == 2:
+        _break_marks(*axes)
     names = [
         f"{r['feature_set']} / {r['head']}" + ("  (chosen)" if r.get("chosen") else "")
         for r in rows
     ]
-    ax.set_yticks(y, labels=names, fontsize=8)
-    for tick, row in zip(ax.get_yticklabels(), rows, strict=True):
+    first = axes[0]
+    first.set_yticks(np.arange(n), labels=names, fontsize=8)
+    for tick, row in zip(first.get_yticklabels(), rows, strict=True):
         if row.get("chosen"):
             tick.set_fontweight("bold")
-    ax.set_ylim(n - 0.5, -0.7)  # rank 1 on top
-    if values:
-        ax.set_xlim(*_limits(values))
-    ax.grid(axis="x", alpha=0.3)
-    ax.set_xlabel(f"{label} (axis zoomed to the data)")
-    ax.set_ylabel("row (ranked by CV)")
+    first.set_ylim(n - 0.5, -0.7)  # rank 1 on top
+    first.set_ylabel("row (ranked by CV)")
+    broken = ", broken where no row lies" if len(axes) == 2 else ""
+    axes[-1].set_xlabel(
+        f"{label} (axis zoomed to the data{broken})", loc="right" if broken else "center"
+    )
     skipped = "" if len(drawn) == len(anchors) else "; anchors (accuracies) not drawn"
-    ax.set_title(f"Leaderboard: CV {label} vs held-out test, ranked by CV{skipped}", fontsize=10)
-    fig.legend(loc="outside lower center", fontsize=8, ncols=2, frameon=False)
+    fig.suptitle(f"Leaderboard: CV {label} vs held-out test, ranked by CV{skipped}", fontsize=10)
+    handles, labels = first.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", fontsize=8, ncols=2, frameon=False)
     return fig
 
 

@@ -26,6 +26,7 @@ from featurestore.report.images import (
 )
 from featurestore.report.notes import Anchor
 from featurestore.report.plots import (
+    axis_ranges,
     confusion_figure,
     leaderboard_figure,
     roc_curves,
@@ -64,6 +65,15 @@ def _texts(fig: Figure) -> tuple[str, list[tuple[str, str, str]]]:
     """(suptitle, [(title, xlabel, ylabel) of every axes])."""
     sup = fig._suptitle.get_text() if fig._suptitle is not None else ""
     return sup, [(ax.get_title(), ax.get_xlabel(), ax.get_ylabel()) for ax in fig.axes]
+
+
+def _labels(fig: Figure) -> tuple[str, str, str]:
+    """(title, xlabel, ylabel) of the first axes, or of the figure where it has them."""
+    ax = fig.axes[0]
+    sup = fig._suptitle.get_text() if fig._suptitle is not None else ""
+    supx = fig._supxlabel.get_text() if fig._supxlabel is not None else ""
+    xlabel = next((a.get_xlabel() for a in fig.axes if a.get_xlabel()), supx)
+    return ax.get_title() or sup, xlabel, ax.get_ylabel()
 
 
 # ----------------------------------------------------------------------------- ROC
@@ -163,6 +173,7 @@ def _vertical_lines(ax) -> list[float]:
         if len(line.get_xdata()) == 2
         and line.get_xdata()[0] == line.get_xdata()[1]
         and list(line.get_ydata()) == [0, 1]
+        and line.get_linestyle() != "None"  # not the axis-break marks
     ]
 
 
@@ -182,7 +193,7 @@ def test_leaderboard_axis_is_zoomed_to_the_data_with_anchors_as_lines(results) -
     drawn = [c for c in ax.containers]
     assert len(drawn) == 2 * len(rows)
     assert ax.get_yticklabels()[0].get_text().endswith("(chosen)")
-    assert ax.get_title() and ax.get_xlabel() and ax.get_ylabel()
+    assert all(_labels(fig))
 
 
 def test_leaderboard_on_another_measure_does_not_draw_accuracy_anchors(results) -> None:
@@ -190,8 +201,31 @@ def test_leaderboard_on_another_measure_does_not_draw_accuracy_anchors(results) 
     fig = leaderboard_figure(rows, scoring="balanced_accuracy", anchors=[Anchor("pub", 0.9)])
     ax = fig.axes[0]
     assert _vertical_lines(ax) == []
-    assert "anchors (accuracies) not drawn" in ax.get_title()
-    assert "balanced accuracy" in ax.get_xlabel()
+    title, xlabel, _ = _labels(fig)
+    assert "anchors (accuracies) not drawn" in title and "balanced accuracy" in xlabel
+
+
+def test_two_distant_clusters_get_a_broken_axis_each_zoomed() -> None:
+    def row(cv: float, test: float, chosen: bool = False) -> dict:
+        return {
+            "feature_set": "f",
+            "head": "h",
+            "cv_score": cv,
+            "cv_std": None,
+            "accuracy": test,
+            "accuracy_ci95": [test - 0.03, min(1.0, test + 0.02)],
+            "chosen": chosen,
+        }
+
+    rows = [row(0.98, 0.97, True), row(0.96, 0.95), row(0.66, 0.60), row(0.58, 0.54)]
+    fig = leaderboard_figure(rows, anchors=[Anchor("pub", 0.9477)])
+    assert len(fig.axes) == 2
+    (l0, h0), (l1, h1) = (ax.get_xlim() for ax in fig.axes)
+    assert l0 <= 0.51 and 0.66 <= h0 < 0.75  # the raw-pixel cluster
+    assert 0.85 < l1 <= 0.9177 and h1 >= 0.99  # features and the anchor, zoomed
+    assert _vertical_lines(fig.axes[1]) == [0.9477]
+    assert "broken where no row lies" in _labels(fig)[1]
+    assert axis_ranges([(0.90, 0.95), (0.93, 0.99)]) == [pytest.approx((0.89, 1.005))]
 
 
 # ----------------------------------------------------------------------------- per-image
@@ -277,8 +311,6 @@ def test_every_figure_is_titled_and_its_axes_labelled(results) -> None:
         "confusion": confusion_figure(results[0]),
     }
     for name, fig in figures.items():
-        _, axes = _texts(fig)
-        title, xlabel, ylabel = axes[0]
-        assert title and xlabel and ylabel, name
+        assert all(_labels(fig)), name
     sup, axes = _texts(mistakes_figure(_images(lambda i: Image.new("RGB", (4, 4)))))
     assert sup and all(title.startswith("true: ") and xlabel for title, xlabel, _ in axes)
