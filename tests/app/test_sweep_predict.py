@@ -133,6 +133,14 @@ def test_sweep_combo_every_head_then_predict_reproduces_accuracy(tmp_path: Path)
     preds = predict_val(src, out / "best_head.joblib", cache)
     assert len(preds) == 12 and accuracy(preds) == pytest.approx(best["accuracy"], abs=0)
     assert all(0.0 <= float(row["probability"]) <= 1.0 for row in preds)
+    # the report's per-image predictions are the saved head's: same labels, same probability
+    with open(out / "predictions.csv", newline="") as fh:
+        report = {row["path"]: row for row in csv.DictReader(fh)}
+    assert set(report) == {row["path"] for row in preds}
+    for row in preds:
+        mine = report[row["path"]]
+        assert (mine["predicted"], mine["label"]) == (row["predicted"], row["label"])
+        assert float(mine["probability"]) == pytest.approx(float(row["probability"]), abs=1e-6)
 
 
 def test_saved_svm_head_predicts_with_calibrated_probabilities(tmp_path: Path) -> None:
