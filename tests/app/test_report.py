@@ -284,13 +284,21 @@ def _facts(train: list[int], test: list[int]) -> DataFacts:
 
 def test_imbalance_is_warned_with_its_rule_and_counts() -> None:
     assert imbalance_warning(_facts([100, 90], [20, 18])) is None
-    found = imbalance_warning(_facts([137, 72], [17, 33]))
+    found = imbalance_warning(_facts([137, 72], [17, 33]))  # catvnoncat's counts
     assert found is not None
     assert IMBALANCE_RULE in found
     assert "training split 137 'cat' vs 72 'dog' (1.9x)" in found
+    assert "all images 154 'cat' vs 105 'dog' (1.5x)" in found
     assert "evaluation split 33 'dog' vs 17 'cat' (1.9x)" in found
     assert "--class-weight balanced" in found
     assert imbalance_warning(_facts([100, 60], [10, 10])) is not None  # 1.67x > 1.5x
+    # balanced training, unbalanced evaluation by design: all images 190 vs 110
+    assert imbalance_warning(_facts([100, 100], [90, 10])) is not None
+
+
+def test_a_balanced_set_split_at_random_is_not_called_imbalanced() -> None:
+    # digits' training and evaluation counts of two classes under the default hash split
+    assert imbalance_warning(_facts([150, 139], [27, 44])) is None
 
 
 def test_a_class_on_one_side_only_gets_a_note() -> None:
