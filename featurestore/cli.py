@@ -474,6 +474,10 @@ def sweep(
     roc.png, confusion_best.png, predictions.csv and mistakes.png (the chosen row's per-image
     results) and best_head.joblib with its sidecar. Progress goes to stderr.
     """
+    from featurestore.report.folder import check_output
+
+    if out_dir is not None:
+        check_output(out_dir)  # before the heads' imports: a bad --out fails at once
     from featurestore.experiment import parse_anchor, run_experiment
 
     outcome = run_experiment(
