@@ -257,14 +257,20 @@ def save_head_card(estimator: Any, path: Path, card: HeadCard) -> Path:
     saved wrapped in a :class:`~classifiers.labelled.LabelledClassifier` carrying those names,
     so that ``joblib.load(path).predict(X)`` gives class names.
     """
+    return save_head(labelled(estimator, card), path, metadata=card.to_json())
+
+
+def labelled(estimator: Any, card: HeadCard) -> LabelledClassifier:
+    """``estimator`` (predicting indices into ``card.class_names``) wrapped so that it predicts
+    the class names; a head already wrapped must carry the card's names."""
     if not isinstance(estimator, LabelledClassifier):
-        estimator = LabelledClassifier.from_fitted(estimator, card.class_names)
-    elif [str(n) for n in estimator.class_names_] != card.class_names:
+        return LabelledClassifier.from_fitted(estimator, card.class_names)
+    if [str(n) for n in estimator.class_names_] != card.class_names:
         raise HeadError(
             f"the head carries class names {list(estimator.class_names_)}, its card "
             f"{card.class_names}"
         )
-    return save_head(estimator, path, metadata=card.to_json())
+    return estimator
 
 
 def load_head_card(path: Path) -> tuple[LabelledClassifier, HeadCard]:

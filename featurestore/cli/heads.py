@@ -19,6 +19,7 @@ from featurestore.cli.group import (
     print_skipped,
 )
 from featurestore.cli.terminal import data_stdout, shown
+from featurestore.report.selection import CLASS_WEIGHTS, SCORINGS
 
 
 @main.command()
@@ -73,11 +74,38 @@ def heads() -> None:
     help="Cross-validation folds on the training split.",
 )
 @click.option("--no-grid", is_flag=True, help="Use each head's defaults, no grid search.")
+@click.option(
+    "--scoring",
+    type=click.Choice(SCORINGS),
+    default=SCORINGS[0],
+    show_default=True,
+    help="What the CV score measures, and so what chooses the row.",
+)
+@click.option(
+    "--class-weight",
+    type=click.Choice(CLASS_WEIGHTS),
+    default=None,
+    help="balanced: weigh each class inversely to its training count (default: unweighted).",
+)
 @click.option("--train-split", default=None, help="Training split (default: train).")
 @click.option(
     "--test-split",
     default=None,
     help="Evaluation split (default: the first of val, validation, test).",
+)
+@click.option(
+    "--test-fraction",
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    default=None,
+    help="For a source without an evaluation split: the share of each class held out "
+    "(by a stratified hash of the image keys; default 0.2 when the source has no splits).",
+)
+@click.option(
+    "--seed",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Seed of that hash split, of the CV folds and of the heads.",
 )
 @click.option(
     "--anchor",
@@ -89,14 +117,16 @@ def heads() -> None:
     "--out",
     "out_dir",
     type=click.Path(file_okay=False, path_type=Path),
-    required=True,
-    help="Folder for the leaderboard, plots and the best head.",
+    default=None,
+    help="Report folder (default: ./report-<source name>). Checked before any work; written "
+    "all or nothing: a previous report there is replaced only once the new one is complete, "
+    "and a folder holding anything else is refused.",
 )
 @click.option(
     "--save-best/--no-save-best",
     default=True,
     show_default=True,
-    help="Save the best head as OUT/best_head.joblib (+ .json sidecar).",
+    help="Save the chosen row's head as OUT/best_head.joblib (+ .json sidecar).",
 )
 @extractor_options
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
@@ -111,17 +141,25 @@ def sweep(
     pixel_size: int,
     cv: int,
     no_grid: bool,
-    train_split: str | None,
-    test_split: str | None,
     anchors: tuple[str, ...],
-    out_dir: Path,
+    out_dir: Path | None,
     save_best: bool,
     **kw: Any,
 ) -> None:
-    """Compare feature sets x heads on SOURCE: grid search by cross-validation on the training
-    split only, refit the best setting, evaluate once on the held-out split. Writes
-    leaderboard.{md,csv,json}, confusion/ROC/leaderboard plots and the best head to --out.
+    """Compare feature sets x heads on SOURCE and write a report folder.
+
+    Each head's grid is searched by cross-validation on the training split only; the row with
+    the best mean CV score is chosen (ties: smaller fold spread, then sweep order) and saved;
+    every row is evaluated once on the held-out split, which reports but never chooses.
+    The report: leaderboard.{md,csv,json} (CV score, test accuracy with its 95% interval,
+    per-class results, failed heads, warnings such as class imbalance), leaderboard.png,
+    roc.png, confusion_best.png, predictions.csv and mistakes.png (the chosen row's per-image
+    results) and best_head.joblib with its sidecar. Progress goes to stderr.
     """
+    from featurestore.report.folder import check_output
+
+    if out_dir is not None:
+        check_output(out_dir)  # before the heads' imports: a bad --out fails at once
     from featurestore.experiment import parse_anchor, run_experiment
 
     outcome = run_experiment(
@@ -134,17 +172,42 @@ def sweep(
         heads=[h.strip() for h in heads_.split(",")] if heads_ else None,
         cv=cv,
         use_grid=not no_grid,
-        train_split=train_split,
-        test_split=test_split,
         anchors=[parse_anchor(a) for a in anchors],
         save_best=save_best,
         progress=lambda msg: click.echo(msg, err=True),
         **_extractor_kwargs(kw),
         **kw,
     )
-    click.echo(outcome.paths["markdown"].read_text().split("\n\n## ")[0])
+    _print_sweep(outcome)
+
+
+def _print_sweep(outcome: Any) -> None:
+    from featurestore.report.notes import interval_text
+    from featurestore.report.rows import accuracy_interval, scoring_label
+
+    best = outcome.best
+    label = scoring_label(outcome.scoring)
+    click.echo(
+        f"chosen     {best.feature_set} / {best.head}: CV {label} {best.cv_score:.4f} "
+        f"(training split, {best.cv_folds} folds)"
+    )
+    click.echo(
+        f"held-out   accuracy {best.accuracy:.4f} ({interval_text(accuracy_interval(best))}) "
+        f"on {best.n_test} images"
+    )
+    click.echo(f"{'rank':>4}  {'CV':>6}  {'test':>6}  feature set / head")
+    for rank, r in enumerate(outcome.results, 1):
+        click.echo(
+            f"{rank:>4}  {r.cv_score:.4f}  {r.accuracy:.4f}  {shown(r.feature_set)} / {r.head}"
+        )
+    for f in outcome.failures:
+        where = f"{shown(f.feature_set)} / {f.head}"
+        click.echo(f"{'-':>4}  {'failed':>14}  {where}: {shown(f.error)}")
+    for w in outcome.warnings:
+        click.echo(f"warning: {shown(w)}", err=True)
+    click.echo(f"report     {shown(outcome.out_dir)}")
     for name, p in outcome.paths.items():
-        click.echo(f"{name:<17} {p}")
+        click.echo(f"  {name:<17} {shown(p)}")
 
 
 @main.command()
