@@ -596,10 +596,10 @@ def run_experiment(
     )
     if views is not None:
         views = get_policy(views)
-        if not _takes_groups():
-            raise HeadError(VIEWS_NEED_GROUPS)
         if not backbones and not combos:
             raise OptionError("--views needs a backbone (views are of a backbone's features)")
+        if not _takes_groups():
+            raise HeadError(VIEWS_NEED_GROUPS)
     src = source if isinstance(source, Source) else open_source(source)
     plan = plan_split(
         src, train_split=train_split, test_split=test_split, test_fraction=test_fraction, seed=seed
