@@ -337,6 +337,7 @@ def main() -> None:
                 name, args.backbone, args.policy, args.heads, args.transforms, args.cache_dir
             )
             summary.append(row)
+            print(f"\n{name} summary: " + ", ".join(f"{k}={v}" for k, v in row.items()))
             print(f"\n### {name}: every candidate's CV accuracy on the training split\n")
             print_table(
                 [
