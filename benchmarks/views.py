@@ -7,7 +7,8 @@ views/s, milliseconds per view.
 
 Part 2, plain vs views, each chosen by CV on the training split (the held-out split never
 chooses). Candidates: heads (scikit-learn's ``LogisticRegression`` and ``LinearSVC`` on
-standardised rows, each with its grid of C) x feature transforms (``classifiers.transforms``:
+standardised rows, each with its grid of C; ``--heads ridge``: ``RidgeClassifier`` and its
+grid of alpha, for caltech101's 101 classes) x feature transforms (``classifiers.transforms``:
 "none", "power+l2", ...), in two families:
 
 * **plain**: trained on the plain rows (view 0), one per image;
@@ -34,7 +35,7 @@ no background; per class a seeded draw of 30 training images and up to 50 test i
     FEATURESTORE_CACHE=/tmp/fscache python benchmarks/views.py --part accuracy \\
         --datasets hymenoptera catvnoncat digits --policy crops10
     FEATURESTORE_CACHE=/tmp/fscache python benchmarks/views.py --part accuracy \\
-        --datasets caltech101 --policy flip
+        --datasets caltech101 --policy flip --heads ridge
 
 Rows come through the cache: a run first extracts what is missing (the "views extracted"
 and "extract s" columns; 0 when every view was cached), a second run only trains heads.
@@ -54,7 +55,7 @@ from typing import Any
 import numpy as np
 from _common import REPO, machine, print_machine, print_table
 from sklearn.base import BaseEstimator
-from sklearn.linear_model import LogisticRegression
+from sklearn.linear_model import LogisticRegression, RidgeClassifier
 from sklearn.metrics import accuracy_score, balanced_accuracy_score
 from sklearn.model_selection import StratifiedGroupKFold
 from sklearn.pipeline import Pipeline
@@ -81,18 +82,23 @@ SELECTION = (
     "the held-out split is scored once, for the two chosen configurations"
 )
 
-HEADS: dict[str, tuple[Callable[[], BaseEstimator], list[float]]] = {
-    # the grids of the project's logreg and linear_svm heads (classifiers/heads.py), one step
-    # wider on the side where a first run chose the edge (logreg on views: the largest C;
-    # the linear SVM on plain rows: the smallest)
+HEADS: dict[str, tuple[Callable[[], BaseEstimator], str, list[float]]] = {
+    # (build, regularisation parameter, its grid). logreg and linear_svm: the grids of the
+    # project's heads (classifiers/heads.py), one step wider on the side where a first run
+    # chose the edge. ridge: scikit-learn's RidgeClassifier (one least-squares solve for every
+    # class), the head that stays fast with caltech101's 101 classes on a loaded 2-core machine
+    # (LinearSVC took 250-570 s per C there for 5 folds of the plain rows alone).
     "logreg": (
         lambda: LogisticRegression(solver="lbfgs", max_iter=3000, random_state=SEED),
+        "C",
         [1e-3, 1e-2, 1e-1, 1.0],
     ),
     "linear_svm": (
         lambda: LinearSVC(C=1e-3, dual="auto", max_iter=5000, random_state=SEED),
+        "C",
         [1e-5, 1e-4, 1e-3, 1e-2],
     ),
+    "ridge": (lambda: RidgeClassifier(), "alpha", [10.0, 100.0, 1e3, 1e4]),
 }
 
 
@@ -177,12 +183,12 @@ class Candidate:
     @property
     def name(self) -> str:
         tta = "+tta" if self.tta else ""
-        return f"{self.family}{tta} {self.head} {self.transform} C={self.C:g}"
+        return f"{self.family}{tta} {self.head} {self.transform} {HEADS[self.head][1]}={self.C:g}"
 
 
 def _pipeline(head: str, transform: str, C: float) -> Pipeline:
-    build, _ = HEADS[head]
-    clf = build().set_params(C=C)
+    build, param, _ = HEADS[head]
+    clf = build().set_params(**{param: C})
     return Pipeline(
         [("transform", make_transform(transform)), ("scale", StandardScaler()), ("clf", clf)]
     )
@@ -214,7 +220,7 @@ def cross_validate(
     out = []
     for head in heads:
         for transform in transforms:
-            for C in HEADS[head][1]:
+            for C in HEADS[head][2]:
                 scores: dict[bool, list[float]] = {False: [], True: []}
                 t = time.perf_counter()
                 for fit_img, val_img in folds:
@@ -228,7 +234,7 @@ def cross_validate(
                     c.cv_score, c.cv_std = float(np.mean(scores[tta])), float(np.std(scores[tta]))
                     out.append(c)
                 print(
-                    f"    {family:5s} {head:10s} {transform:8s} C={C:<6g} CV "
+                    f"    {family:5s} {head:10s} {transform:8s} {HEADS[head][1]}={C:<6g} CV "
                     + " ".join(
                         f"{'tta ' if t_ else ''}{np.mean(v):.4f}" for t_, v in scores.items() if v
                     )
@@ -319,7 +325,7 @@ def main() -> None:
     ap.add_argument(
         "--datasets", nargs="+", choices=DATASETS, default=["hymenoptera", "catvnoncat", "digits"]
     )
-    ap.add_argument("--heads", nargs="+", choices=list(HEADS), default=list(HEADS))
+    ap.add_argument("--heads", nargs="+", choices=list(HEADS), default=["logreg", "linear_svm"])
     ap.add_argument(
         "--transforms", nargs="+", choices=list(TRANSFORMS), default=["none", "power+l2"]
     )
@@ -345,7 +351,7 @@ def main() -> None:
                         "family": c.family + ("+tta" if c.tta else ""),
                         "head": c.head,
                         "transform": c.transform,
-                        "C": c.C,
+                        "reg": f"{HEADS[c.head][1]}={c.C:g}",
                         "CV acc": f"{c.cv_score:.4f}",
                         "fold sd": f"{c.cv_std:.4f}",
                     }
