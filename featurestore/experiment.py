@@ -351,9 +351,9 @@ def view_rows(
             out.append(_replaced(result, **changes))
         if progress is not None:
             progress(
-                f"{result.feature_set} / {result.head}: CV per training image {mean:.4f} "
-                f"with test-time averaging over {rows.n_views} views, "
-                f"{float(np.mean(scores[False])):.4f} on the identity view "
+                f"{result.feature_set} / {result.head}: CV per training image "
+                f"{float(np.mean(scores[True])):.4f} with test-time averaging over "
+                f"{rows.n_views} views, {float(np.mean(scores[False])):.4f} on the identity view "
                 f"({time.perf_counter() - t:.1f} s)"
             )
     return out
