@@ -244,6 +244,10 @@ def cross_validate(
     return out
 
 
+def _config(c: Candidate) -> str:
+    return f"{c.head} {c.transform} {HEADS[c.head][1]}={c.C:g}"
+
+
 def held_out(c: Candidate, train: Features, test: Features) -> dict[str, Any]:
     """Refit ``c`` on the whole training split and score it once on the held-out split."""
     k = train.n_views if c.family == "views" else 1
@@ -299,10 +303,11 @@ def compare(
         "views": f"{policy} (K={train.n_views})",
         "train imgs": len(plain_train),
         "test imgs": p["n"],
-        "plain chosen": chosen["plain"].name.removeprefix("plain "),
+        "plain chosen": _config(chosen["plain"]),
         "plain CV": chosen["plain"].cv_score,
         "plain test": f"{p['acc']:.4f} ({p['correct']}/{p['n']})",
-        "views chosen": chosen["views"].name.removeprefix("views"),
+        "views chosen": _config(chosen["views"])
+        + (", tta" if chosen["views"].tta else ", identity view"),
         "views CV": chosen["views"].cv_score,
         "views test": f"{v['acc']:.4f} ({v['correct']}/{v['n']})",
         "diff (imgs)": f"{v['correct'] - p['correct']:+d}",
