@@ -214,11 +214,16 @@ def rows_for_records(
 ) -> tuple[np.ndarray, np.ndarray, Features]:
     """(X, ok, features): one row per record (zeros where ``ok`` is False: undecodable).
 
-    ``kwargs`` go to :func:`load_features`, which runs on ``src``.
+    ``kwargs`` go to :func:`load_features`, which runs on ``src``. With ``views`` ``X`` is
+    (records, K, D): every view of each record, in view order (view 0: the plain row).
     """
     feats = load_features(src, **kwargs)
-    have = {k: i for i, k in enumerate(feats.keys)}
-    ok = np.array([r.key in have for r in records], dtype=bool)
-    X = np.zeros((len(records), feats.X.shape[1]), dtype=np.float32)
-    X[ok] = feats.X[[have[r.key] for r, o in zip(records, ok, strict=True) if o]]
-    return X, ok, feats
+    k = feats.n_views
+    first = {}  # image key -> its first row (an image's K views are K consecutive rows)
+    for i in range(0, len(feats.keys), k):
+        first.setdefault(feats.keys[i], i)
+    ok = np.array([r.key in first for r in records], dtype=bool)
+    X = np.zeros((len(records), k, feats.X.shape[1]), dtype=np.float32)
+    starts = np.array([first[r.key] for r, o in zip(records, ok, strict=True) if o], np.int64)
+    X[ok] = feats.X[starts[:, None] + np.arange(k)]
+    return (X if feats.views is not None else X[:, 0]), ok, feats

@@ -10,11 +10,21 @@ chooses the row by its CV score alone (:mod:`featurestore.report.selection`), an
 whole report with the chosen head, its sidecar and its per-image predictions, all or nothing
 (:func:`featurestore.report.write_report`). It returns a value and prints nothing; progress
 lines go to the ``progress`` callback.
+
+With ``views`` (:func:`view_rows`): a feature set trained on every view is fitted with its
+CV folds grouped by image key (``run_sweep``'s ``groups``; refused up front when the installed
+``classifiers`` lacks them), so no image's views straddle a fold. Its chosen head is then
+cross-validated again per *image* on the same kind of grouped folds: scored on each
+validation image's identity view (the row's CV score) and with test-time averaging over its
+views (the CV score of the ``... tta`` row, which is evaluated on the held-out split with
+averaging). Every row's CV score is thus a score over training images, and the plain,
+trained-on-views and test-time-averaged rows compete under the one selection rule.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import inspect
 import logging
 import math
@@ -27,9 +37,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from sklearn.base import clone
+from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
+from sklearn.model_selection import StratifiedGroupKFold
 
 from classifiers.calibration import with_probabilities
 from classifiers.heads import get_head, list_heads
+from classifiers.metrics import evaluate
 from classifiers.sweep import FeatureSet, SweepResult, run_sweep
 from featurestore.errors import HeadError, OptionError
 from featurestore.extractor import ExtractorRecord
@@ -43,6 +57,7 @@ from featurestore.report.rows import FailedHead, scoring_label
 from featurestore.report.selection import CLASS_WEIGHTS, SCORINGS, rank
 from featurestore.report.writer import HeadToSave, write_report
 from featurestore.sources import Source, open_source
+from featurestore.views import ViewAveraged, ViewPolicy, get_policy
 
 __all__ = [
     "CLASS_WEIGHTS",
@@ -56,6 +71,7 @@ __all__ = [
     "run_experiment",
     "sweep_and_report",
     "sweep_keywords",
+    "view_rows",
 ]
 
 log = logging.getLogger(__name__)
@@ -202,8 +218,9 @@ def fit_heads(
     "still fitting" line every ``heartbeat`` seconds while one fits.
     """
     keywords = dict(keywords or {})
-    if "groups" in inspect.signature(run_sweep).parameters:
-        keywords["groups"] = [r.key for r in data.train_records]  # one image, one fold
+    grouped = _takes_groups()
+    if data.views and not grouped:
+        raise HeadError(VIEWS_NEED_GROUPS)
     say = progress or (lambda _: None)
     label_of = scoring_label(keywords.get("scoring", "accuracy"))
     cells = [(fs, head) for fs in data.feature_sets for head in heads]
@@ -219,6 +236,8 @@ def fit_heads(
         label = f"[{i:>{width}}/{len(cells)}] {fs.name} / {head}"
         say(f"{label}: fitting {_settings(head, use_grid)} setting(s) x {cv}-fold CV")
         t = time.perf_counter()
+        if grouped:  # one image (all its views), one fold
+            keywords["groups"] = data.train_groups(fs.name)
         with _heartbeat(progress, label, heartbeat):
             result, error = _fit_one(fs, head, cv, use_grid, seed, keywords)
         seconds = time.perf_counter() - t
@@ -236,6 +255,17 @@ def fit_heads(
     return results, failures
 
 
+VIEWS_NEED_GROUPS = (
+    "--views needs cross-validation grouped by image (so that no image's views straddle a "
+    "fold), and the installed classifiers package's run_sweep has no groups option; update "
+    "classifiers or leave --views out"
+)
+
+
+def _takes_groups() -> bool:
+    return "groups" in inspect.signature(run_sweep).parameters
+
+
 def _fit_one(
     fs: FeatureSet, head: str, cv: int, use_grid: bool, seed: int, keywords: dict[str, Any]
 ) -> tuple[SweepResult | None, str | None]:
@@ -251,6 +281,111 @@ def _fit_one(
     return (None, str(error)) if error else (found[0], None)
 
 
+# ----------------------------------------------------------------------------- views
+SCORERS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
+    "accuracy": accuracy_score,
+    "balanced_accuracy": balanced_accuracy_score,
+    "f1_macro": lambda t, p: f1_score(t, p, average="macro"),
+}
+
+
+def _replaced(result: SweepResult, **changes: Any) -> SweepResult:
+    """``result`` with ``changes`` (those fields this ``SweepResult`` has)."""
+    names = {f.name for f in dataclasses.fields(result)}
+    return dataclasses.replace(result, **{k: v for k, v in changes.items() if k in names})
+
+
+def _image_cv(
+    result: SweepResult, data: SweepData, *, seed: int, scoring: str
+) -> dict[bool, list[float]]:
+    """Fold scores per training image of ``result``'s head (a feature set trained on views):
+    on the identity view (``False``) and with test-time averaging (``True``)."""
+    fs = data.feature_set(result.feature_set)
+    k = data.views[result.feature_set].n_views
+    y = fs.y_train[::k]
+    V = fs.X_train.reshape(len(y), k, -1)
+    keys = [r.key for r in data.train_records]
+    folds = StratifiedGroupKFold(result.cv_folds, shuffle=True, random_state=seed)
+    score = SCORERS[scoring]
+    out: dict[bool, list[float]] = {False: [], True: []}
+    for fit, val in folds.split(np.zeros(len(y)), y, groups=keys):
+        model = clone(result.estimator).fit(V[fit].reshape(-1, V.shape[2]), np.repeat(y[fit], k))
+        out[False].append(float(score(y[val], model.predict(V[val, 0]))))
+        out[True].append(float(score(y[val], ViewAveraged(model).predict(V[val]))))
+    return out
+
+
+def view_rows(
+    results: Sequence[SweepResult],
+    data: SweepData,
+    *,
+    seed: int = 0,
+    scoring: str = "accuracy",
+    progress: Progress | None = None,
+) -> list[SweepResult]:
+    """``results`` with each row of a feature set trained on views re-scored per image, and
+    followed by its test-time-averaged row (see the module docstring), in sweep order.
+
+    The views row keeps its head, parameters and held-out evaluation (identity view); its CV
+    score becomes the per-image score on the identity view. The ``tta`` row has the same
+    head, the per-image CV score with averaging, and the held-out evaluation with averaging.
+    """
+    out: list[SweepResult] = []
+    for result in results:
+        rows = data.views.get(result.feature_set)
+        if rows is None:
+            out.append(result)
+            continue
+        t = time.perf_counter()
+        scores = _image_cv(result, data, seed=seed, scoring=scoring)
+        fs = data.feature_set(result.feature_set)
+        evaluation = evaluate(
+            ViewAveraged(result.estimator), rows.X_test, fs.y_test, class_names=fs.class_names
+        )
+        for tta in (False, True):
+            mean, std = float(np.mean(scores[tta])), float(np.std(scores[tta]))
+            changes: dict[str, Any] = {"cv_score": mean, "cv_std": std}
+            changes["cv_fold_scores"] = tuple(scores[tta])
+            if tta:
+                changes.update(feature_set=rows.tta, evaluation=evaluation)
+            out.append(_replaced(result, **changes))
+        if progress is not None:
+            progress(
+                f"{result.feature_set} / {result.head}: CV per training image "
+                f"{float(np.mean(scores[True])):.4f} with test-time averaging over "
+                f"{rows.n_views} views, {float(np.mean(scores[False])):.4f} on the identity view "
+                f"({time.perf_counter() - t:.1f} s)"
+            )
+    return out
+
+
+def _views_provenance(data: SweepData) -> dict[str, Any]:
+    first = next(iter(data.views.values()))
+    return {
+        "policy": first.policy,
+        "n_views": first.n_views,
+        "extraction": [dataclasses.asdict(c) for c in data.view_costs],
+    }
+
+
+def views_notes(data: SweepData) -> list[str]:
+    """What the report says about the views: how rows were trained and scored, and what
+    extracting the views cost."""
+    if not data.views:
+        return []
+    first = next(iter(data.views.values()))
+    notes = [
+        f"Views ({first.policy}, {first.n_views} per image): a row labelled "
+        f"'... views={first.policy}' is a head trained on every view of every training image "
+        "(CV folds grouped by image key) and evaluated on the identity view; '... tta' is the "
+        "same head scored with test-time averaging (the mean of its scores over an image's "
+        "views). Their CV scores are per training image (identity view, resp. averaged), "
+        "like the plain rows'."
+    ]
+    notes += [f"Extraction cost: {cost.text()}." for cost in data.view_costs]
+    return notes
+
+
 # ----------------------------------------------------------------------------- chosen head
 def head_card(best: SweepResult, data: SweepData, source: str) -> HeadCard:
     """The sidecar metadata of ``best``: what it was trained on, in column order."""
@@ -261,6 +396,7 @@ def head_card(best: SweepResult, data: SweepData, source: str) -> HeadCard:
         class_names=list(data.class_names),
         extractors=[ExtractorRecord.from_json(e) for e in best.provenance.get("extractors", [])],
         pixels=best.provenance.get("pixels", {}).get("size"),
+        views=_card_views(best, data),
         sweep={
             "source": source,
             "split": data.plan.description,
@@ -272,8 +408,30 @@ def head_card(best: SweepResult, data: SweepData, source: str) -> HeadCard:
     )
 
 
+def _card_views(best: SweepResult, data: SweepData) -> dict[str, Any] | None:
+    """The card's ``views``: the policy a head trained on views was trained on, and whether
+    its row (so its predictions by default) averages over the views."""
+    for label, rows in data.views.items():
+        if best.feature_set in (label, rows.tta):
+            return {
+                "policy": rows.policy,
+                "n_views": rows.n_views,
+                "test_time_averaging": best.feature_set == rows.tta,
+            }
+    return None
+
+
 def _feature_set(data: SweepData, name: str) -> FeatureSet:
-    return next(fs for fs in data.feature_sets if fs.name == name)
+    return data.feature_set(name)
+
+
+def _scored(head: Any, data: SweepData, name: str) -> tuple[Any, np.ndarray]:
+    """(what scores the evaluation images, their features) for row ``name``: the head and the
+    feature set's ``X_test``, or for a ``tta`` row the head averaged over every view."""
+    for rows in data.views.values():
+        if rows.tta == name:
+            return ViewAveraged(head), rows.X_test
+    return head, _feature_set(data, name).X_test
 
 
 def chosen_head(
@@ -296,16 +454,16 @@ def chosen_head(
 def evaluated_images(best: SweepResult, head: Any, data: SweepData) -> EvaluatedImages:
     """The per-image report of ``best``: its predictions (the sweep's own) on every held-out
     image, with the saved head's probabilities in ``class_names`` columns."""
-    fs = _feature_set(data, best.feature_set)
+    scorer, X_test = _scored(head, data, best.feature_set)
     records = data.test_records
     probabilities = None
     try:
-        table = head.predict_proba(fs.X_test)
+        table = scorer.predict_proba(X_test)
     except AttributeError:
         pass
     else:
         probabilities = np.zeros((len(records), len(data.class_names)))
-        probabilities[:, np.asarray(head.classes_, dtype=int)] = table
+        probabilities[:, np.asarray(scorer.classes_, dtype=int)] = table
     loader = data.source.loader if data.source is not None else None
     return EvaluatedImages(
         feature_set=best.feature_set,
@@ -395,6 +553,7 @@ def run_experiment(
     seed: int = 0,
     scoring: str = "accuracy",
     class_weight: str | None = None,
+    views: str | ViewPolicy | None = None,
     anchors: Sequence[Anchor] = (),
     save_best: bool = True,
     cache_dir: str | Path | None = None,
@@ -411,7 +570,10 @@ def run_experiment(
     name, and the run options of extraction (batch_size, workers, device). ``test_fraction``
     and ``seed``: the hash split of a source without an evaluation split (``seed`` also seeds
     the CV folds and the heads). ``scoring`` and ``class_weight`` go to ``run_sweep`` (refused
-    up front when the installed ``classifiers`` lacks them).
+    up front when the installed ``classifiers`` lacks them). ``views``: a view policy; every
+    backbone's features are also swept trained on every view, scored on the identity view and
+    with test-time averaging (see the module docstring; the report shows the three side by
+    side, with the extraction cost of the views).
 
     Selection is by cross-validation on the training split only; the held-out split is
     evaluated once per row and never chooses. The chosen row (rank 1) is saved as
@@ -432,6 +594,12 @@ def run_experiment(
         scoring=scoring,
         class_weight=class_weight,
     )
+    if views is not None:
+        views = get_policy(views)
+        if not backbones and not combos:
+            raise OptionError("--views needs a backbone (views are of a backbone's features)")
+        if not _takes_groups():
+            raise HeadError(VIEWS_NEED_GROUPS)
     src = source if isinstance(source, Source) else open_source(source)
     plan = plan_split(
         src, train_split=train_split, test_split=test_split, test_fraction=test_fraction, seed=seed
@@ -446,6 +614,7 @@ def run_experiment(
         pixels=pixels,
         pixel_size=pixel_size,
         plan=plan,
+        views=views,
         cache_dir=cache_dir,
         progress=progress is not None,
         **options,
@@ -496,6 +665,9 @@ def sweep_and_report(
         progress=progress,
         heartbeat=heartbeat,
     )
+    results = view_rows(
+        results, data, seed=settings.seed, scoring=settings.scoring, progress=progress
+    )
     seconds["heads"] = time.perf_counter() - t
     ranked = rank(results)
     facts = data_facts(data, source)
@@ -520,6 +692,7 @@ def sweep_and_report(
         "scoring": settings.scoring,
         "class_weight": settings.class_weight,
         "run_sweep_options": sorted(settings.keywords),
+        **({"views": _views_provenance(data)} if data.views else {}),
         **(extra_provenance or {}),
     }
     t = time.perf_counter()
@@ -535,6 +708,7 @@ def sweep_and_report(
         scoring=settings.scoring,
         images=images,
         head=head,
+        notes=views_notes(data),
     )
     seconds["report"] = time.perf_counter() - t
     if not ranked:
@@ -543,7 +717,12 @@ def sweep_and_report(
             f"{failures[0].head}: {failures[0].error}; their errors are in {paths['markdown']}"
         )
     all_warnings, notes = collect(
-        ranked, facts=facts, anchors=anchors, n_failed=len(failures), warnings=warnings
+        ranked,
+        facts=facts,
+        anchors=anchors,
+        n_failed=len(failures),
+        notes=views_notes(data),
+        warnings=warnings,
     )
     return ExperimentResult(
         results=ranked,

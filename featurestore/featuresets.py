@@ -7,6 +7,14 @@ source without splits, or with a training split and nothing to evaluate on when 
 keys (seeded, stratified, stable when images are added). Every feature set of one sweep uses
 the same images: those every extractor (and the pixel loader) could decode.
 
+Views (``views=POLICY``): every extractor feature set (not raw pixels) gets a twin, labelled
+``<label> views=<policy>`` (:func:`views_label`), trained on every view of every training
+image (its training rows are image-major, K per image, grouped by image key for the CV:
+:meth:`SweepData.train_groups`) and evaluated on the identity view of each evaluation image;
+:class:`ViewRows` keeps every view of the evaluation images for test-time averaging, scored
+as the row ``<label> views=<policy> tta`` (:func:`tta_label`). The extraction cost of the
+views is recorded per extractor (:class:`ViewCost`).
+
 Labels (:func:`feature_set_labels`): a feature set is called by its backbone(s); when one
 sweep holds several variants of a backbone (two nodes, two precisions, ...), each variant's
 name carries the options that tell it apart, ``efficientnet_lite0[precision=bf16]``.
@@ -26,9 +34,11 @@ from classifiers.split import stratified_hash_split
 from classifiers.sweep import FeatureSet
 from featurestore.api import EXTRACTOR_KEYWORDS, rows_for_records
 from featurestore.errors import OptionError
+from featurestore.extraction import extract
 from featurestore.options import ExtractorOptions, split_backbones
 from featurestore.pixels import DEFAULT_SIZE, pixel_rows
 from featurestore.sources import Record, Skipped, SkippedFiles, Source, SourceError, open_source
+from featurestore.views import ViewPolicy, get_policy
 
 __all__ = [
     "DEFAULT_TEST_FRACTION",
@@ -36,10 +46,14 @@ __all__ = [
     "FeatureSetSpec",
     "SplitPlan",
     "SweepData",
+    "ViewCost",
+    "ViewRows",
     "build_sweep_data",
     "feature_set_labels",
     "feature_set_specs",
     "plan_split",
+    "tta_label",
+    "views_label",
 ]
 
 log = logging.getLogger(__name__)
@@ -72,12 +86,62 @@ class FeatureSetSpec:
     pixels: int | None = None
 
 
+def views_label(label: str, policy: str) -> str:
+    """The label of ``label``'s feature set trained on every view of ``policy``."""
+    return f"{label} views={policy}"
+
+
+def tta_label(label: str, policy: str) -> str:
+    """The label of the row that scores that feature set's heads with test-time averaging."""
+    return f"{views_label(label, policy)} tta"
+
+
+@dataclass
+class ViewRows:
+    """The views side of a feature set trained on views.
+
+    ``X_test``: (evaluation images, ``n_views``, D), every view of every evaluation image;
+    ``plain``: the label of the same features without views; ``tta``: the label of the
+    test-time-averaged row.
+    """
+
+    policy: str
+    n_views: int
+    plain: str
+    tta: str
+    X_test: np.ndarray
+
+
+@dataclass(frozen=True)
+class ViewCost:
+    """What extracting one extractor's views cost in this sweep: ``extracted`` (image, view)
+    pairs computed in ``seconds``, ``reused`` found in the cache, for ``images`` images."""
+
+    backbone: str
+    policy: str
+    n_views: int
+    images: int
+    extracted: int
+    reused: int
+    seconds: float
+
+    def text(self) -> str:
+        rate = f", {self.extracted / self.seconds:.1f} views/s" if self.seconds > 0 else ""
+        return (
+            f"{self.backbone} {self.policy} views ({self.n_views} per image, {self.images} "
+            f"images): {self.extracted} extracted in {self.seconds:.1f} s{rate}, "
+            f"{self.reused} reused from the cache"
+        )
+
+
 @dataclass
 class SweepData:
     """Everything a sweep fits on and reports about.
 
     ``train_records`` and ``test_records`` are aligned with every feature set's ``X_train``
-    and ``X_test`` rows; ``keys`` and ``paths`` list every record the split uses.
+    and ``X_test`` rows (a feature set trained on views has ``n_views`` consecutive training
+    rows per training record; ``views`` maps its label to its :class:`ViewRows`); ``keys`` and
+    ``paths`` list every record the split uses.
     """
 
     feature_sets: list[FeatureSet]
@@ -90,6 +154,22 @@ class SweepData:
     train_records: list[Record] = field(default_factory=list)
     test_records: list[Record] = field(default_factory=list)
     specs: dict[str, FeatureSetSpec] = field(default_factory=dict)
+    views: dict[str, ViewRows] = field(default_factory=dict)
+    view_costs: list[ViewCost] = field(default_factory=list)
+
+    def train_groups(self, name: str) -> list[str]:
+        """The image key of each training row of feature set ``name`` (the CV groups)."""
+        keys = [r.key for r in self.train_records]
+        k = self.views[name].n_views if name in self.views else 1
+        return keys if k == 1 else [key for key in keys for _ in range(k)]
+
+    def feature_set(self, name: str) -> FeatureSet:
+        """The feature set of a row: its own, or for a test-time-averaged row the feature set
+        trained on views that it scores."""
+        for label, rows in self.views.items():
+            if rows.tta == name:
+                name = label
+        return next(fs for fs in self.feature_sets if fs.name == name)
 
     def class_counts(self, side: str) -> list[int]:
         """Images per class (in ``class_names`` order) on the ``"train"`` or ``"test"`` side."""
@@ -274,6 +354,7 @@ def build_sweep_data(
     test_fraction: float | None = None,
     seed: int = 0,
     plan: SplitPlan | None = None,
+    views: str | ViewPolicy | None = None,
     cache_dir: str | Path | None = None,
     progress: bool = False,
     **options: Any,
@@ -283,7 +364,10 @@ def build_sweep_data(
     ``options``: the extractor options shared by every backbone given by name (nodes, pooling,
     weights, input_size, precision, decode) and the run options of extraction (batch_size,
     workers, device). ``plan`` skips :func:`plan_split` (the caller planned it already).
+    ``views``: a view policy; every extractor feature set also comes trained on every view
+    (see the module docstring).
     """
+    policy = None if views is None else get_policy(views)
     src = source if isinstance(source, Source) else open_source(source)
     if plan is None:
         plan = plan_split(
@@ -299,6 +383,8 @@ def build_sweep_data(
     )
     if not specs:
         raise OptionError("nothing to compare: give at least one backbone, combo or pixels")
+    if policy is not None and not any(s.parts for s in specs):
+        raise OptionError("views are of a backbone's features: give a backbone or a combo")
     use = plan.train_mask | plan.test_mask
     records = [r for r, u in zip(src.records, use, strict=True) if u]
     train_mask = plan.train_mask[use]
@@ -307,17 +393,24 @@ def build_sweep_data(
     skipped = SkippedFiles(src.skipped)
     blocks: dict[ExtractorOptions | int, tuple[np.ndarray, np.ndarray]] = {}
     records_of: dict[ExtractorOptions, dict[str, Any]] = {}
+    view_blocks: dict[ExtractorOptions, np.ndarray] = {}
+    costs: list[ViewCost] = []
     for opts in dict.fromkeys(p for s in specs for p in s.parts):
+        if policy is not None:
+            costs.append(_extract_views(sub, opts, policy, cache_dir, progress, options))
         X, ok, feats = rows_for_records(
             sub,
             records,
             backbone=opts,
+            views=policy,
             cache_dir=cache_dir,
             class_names=class_names,
             progress=progress,
             **options,
         )
         skipped.update(feats.skipped)
+        if policy is not None:
+            view_blocks[opts], X = X, X[:, 0]
         blocks[opts] = (X, ok)
         records_of[opts] = feats.extractors[0].to_json()
     for size in {s.pixels for s in specs if s.pixels}:
@@ -331,6 +424,7 @@ def build_sweep_data(
         side = "training" if not tr.any() else "evaluation"
         raise SourceError(f"{src.name}: no decodable image on the {side} side of the split")
     sets: list[FeatureSet] = []
+    view_rows: dict[str, ViewRows] = {}
     labels = feature_set_labels(specs)
     for name, spec in zip(labels, specs, strict=True):
         if spec.pixels:
@@ -352,6 +446,11 @@ def build_sweep_data(
                 provenance=prov,
             )
         )
+        if policy is not None and spec.parts:
+            V = np.concatenate([view_blocks[p] for p in spec.parts], axis=2)
+            fs, rows = _views_set(name, V, y, tr, te, class_names, policy, prov)
+            sets.append(fs)
+            view_rows[fs.name] = rows
     return SweepData(
         feature_sets=sets,
         plan=plan,
@@ -363,4 +462,56 @@ def build_sweep_data(
         train_records=[r for r, t in zip(records, tr, strict=True) if t],
         test_records=[r for r, t in zip(records, te, strict=True) if t],
         specs=dict(zip(labels, specs, strict=True)),
+        views=view_rows,
+        view_costs=costs,
     )
+
+
+def _extract_views(
+    src: Source,
+    opts: ExtractorOptions,
+    policy: ViewPolicy,
+    cache_dir: str | Path | None,
+    progress: bool,
+    run_options: dict[str, Any],
+) -> ViewCost:
+    """Extract every missing view of ``src``'s images (view 0: the plain rows) and say what
+    that cost."""
+    r = extract(
+        src, backbone=opts, views=policy, cache_dir=cache_dir, progress=progress, **run_options
+    )
+    return ViewCost(
+        backbone=opts.backbone,
+        policy=policy.name,
+        n_views=policy.n_views,
+        images=r.n_unique,
+        extracted=r.n_views_extracted,
+        reused=r.n_views_reused,
+        seconds=r.seconds if r.n_views_extracted else 0.0,
+    )
+
+
+def _views_set(
+    label: str,
+    V: np.ndarray,
+    y: np.ndarray,
+    tr: np.ndarray,
+    te: np.ndarray,
+    class_names: list[str],
+    policy: ViewPolicy,
+    provenance: dict[str, Any],
+) -> tuple[FeatureSet, ViewRows]:
+    """The feature set trained on every view (``V``: records x views x D) and its views."""
+    k = policy.n_views
+    name = views_label(label, policy.name)
+    fs = FeatureSet(
+        name=name,
+        X_train=V[tr].reshape(-1, V.shape[2]),  # image-major: an image's views are consecutive
+        y_train=np.repeat(y[tr], k),
+        X_test=V[te][:, 0],  # the identity view
+        y_test=y[te],
+        class_names=class_names,
+        provenance={**provenance, "views": {"policy": policy.name, "n_views": k}},
+    )
+    rows = ViewRows(policy.name, k, label, tta_label(label, policy.name), V[te])
+    return fs, rows

@@ -37,6 +37,8 @@ from featurestore.errors import (
     HeadMismatchError,
 )
 from featurestore.extractor import ExtractorRecord
+from featurestore.options import VIEW_POLICIES
+from featurestore.views import get_policy
 
 __all__ = [
     "FORMAT",
@@ -198,6 +200,9 @@ class HeadCard:
 
     ``extractors`` lists the feature blocks in column order; ``pixels`` is the side of the
     raw-pixel baseline's image when the head was trained on pixels (``None`` otherwise).
+    ``views`` is set for a head trained on every view of a view policy: ``{"policy": NAME,
+    "n_views": K, "test_time_averaging": BOOL}``, the last saying whether its row was scored
+    with test-time averaging (then predictions average over the views by default).
     """
 
     feature_set: str
@@ -207,9 +212,11 @@ class HeadCard:
     pixels: int | None = None
     params: dict[str, str] = field(default_factory=dict)
     sweep: dict[str, Any] = field(default_factory=dict)
+    views: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
+            **({"views": dict(self.views)} if self.views is not None else {}),
             "feature_set": self.feature_set,
             "head": self.head,
             "params": dict(self.params),
@@ -247,7 +254,29 @@ class HeadCard:
             pixels=pixels,
             params=dict(data.get("params") or {}),
             sweep=dict(data.get("sweep") or {}),
+            views=_views_of(data.get("views"), where),
         )
+
+
+def _views_of(views: Any, where: Path | str) -> dict[str, Any] | None:
+    """A card's ``views`` checked: a known policy, its number of views, a boolean."""
+    if views is None:
+        return None
+    if not isinstance(views, dict) or views.get("policy") not in VIEW_POLICIES:
+        raise HeadIntegrityError(
+            f"{where}: views must name a view policy ({', '.join(VIEW_POLICIES)}), got {views!r}"
+        )
+    n = get_policy(views["policy"]).n_views
+    if views.get("n_views") != n or not isinstance(views.get("test_time_averaging"), bool):
+        raise HeadIntegrityError(
+            f"{where}: views must hold n_views={n} and test_time_averaging true or false, "
+            f"got {views!r}"
+        )
+    return {
+        "policy": views["policy"],
+        "n_views": n,
+        "test_time_averaging": views["test_time_averaging"],
+    }
 
 
 def save_head_card(estimator: Any, path: Path, card: HeadCard) -> Path:

@@ -4,6 +4,11 @@ The head's sidecar records the extractor options and fingerprint of every featur
 trained on (in column order). A head whose extractor fingerprint differs from what those options
 resolve to on this machine (other weights, preprocessing, version) is refused.
 
+A head trained on views (its card's ``views``) predicts with test-time averaging by default
+when its sweep row did: every view of each new image is extracted through the cache (view 0 is
+the plain row) and the head's scores are averaged over them (:class:`ViewAveraged`);
+``tta=False`` predicts from the plain rows alone, ``tta=True`` forces averaging.
+
 A :class:`Prediction` holds, for every image that could be decoded, the predicted class name
 and (when the head gives probabilities) the probability of every class. It writes a CSV of
 ``path, predicted, probability, label`` followed by one ``p_<class>`` column per class, or, with
@@ -26,6 +31,7 @@ from featurestore.headfile import HeadCard, load_head_card, sidecar_path
 from featurestore.output import open_output
 from featurestore.pixels import pixel_rows
 from featurestore.sources import Skipped, SkippedFiles, Source, open_source
+from featurestore.views import ViewAveraged
 
 __all__ = ["Prediction", "check_extractors", "head_inputs", "predict"]
 
@@ -47,6 +53,8 @@ class Prediction:
     skipped: list[Skipped]
     class_names: list[str]
     inputs: list[Path] = field(default_factory=list)
+    #: The view policy whose views were averaged (``None``: plain rows only).
+    views: str | None = None
 
     @property
     def probability(self) -> list[float | None]:
@@ -154,18 +162,23 @@ def predict(
     split: str | None = None,
     cache_dir: str | Path | None = None,
     progress: bool = False,
+    tta: bool | None = None,
 ) -> Prediction:
     """Predict class names for ``source``'s images (one split or all) with the saved ``head``.
 
     Images that cannot be decoded are left out and listed in the result's ``skipped``.
+    ``tta``: average the head's scores over every view of each image (the head must have been
+    trained on views); ``None``: the head's card decides (see the module docstring).
 
     Raises:
         HeadIntegrityError: the head or its sidecar cannot be trusted (see
             :func:`featurestore.headfile.load_head_card`).
         HeadMismatchError: this machine's extractor would not reproduce the head's features.
+        OptionError: ``tta=True`` for a head not trained on views.
     """
     estimator, card = load_head_card(Path(head))  # verifies the sha256 before unpickling
     check_extractors(card)
+    policy = _views_policy(card, tta)
     src = source if isinstance(source, Source) else open_source(source)
     records = src.select(split)
     sub = src.subset(records)
@@ -176,6 +189,7 @@ def predict(
             sub,
             records,
             backbone=record.options,
+            views=policy,
             cache_dir=cache_dir,
             class_names=card.class_names,
             progress=progress,
@@ -187,18 +201,35 @@ def predict(
         skipped.update(bad)
         blocks.append((X, ok))
     ok_all = np.logical_and.reduce([ok for _, ok in blocks])
-    X = np.hstack([b for b, _ in blocks])[ok_all]
+    X = np.concatenate([b for b, _ in blocks], axis=-1)[ok_all]  # views: (n, K, D)
     kept = [r for r, o in zip(records, ok_all, strict=True) if o]
-    predicted = [str(p) for p in estimator.predict(X)] if kept else []
+    scorer = estimator if policy is None else ViewAveraged(estimator)
+    predicted = [str(p) for p in scorer.predict(X)] if kept else []
     return Prediction(
         paths=[r.path for r in kept],
         labels=[r.label for r in kept],
         predicted=predicted,
-        probabilities=_probabilities(estimator, X, card.class_names) if kept else None,
+        probabilities=_probabilities(scorer, X, card.class_names) if kept else None,
         skipped=list(skipped),
         class_names=card.class_names,
         inputs=[*head_inputs(source, head), *(Path(r.path) for r in records)],
+        views=policy,
     )
+
+
+def _views_policy(card: HeadCard, tta: bool | None) -> str | None:
+    """The policy whose views to average over, or None for the plain rows."""
+    views = card.views
+    if tta is None:
+        return views["policy"] if views and views["test_time_averaging"] else None
+    if tta and views is None:
+        raise OptionError(
+            "test-time averaging needs a head trained on views (sweep --views); this head "
+            "was trained on plain rows"
+        )
+    if tta and card.pixels:
+        raise OptionError("test-time averaging is for backbone features, not raw pixels")
+    return views["policy"] if tta and views else None
 
 
 def _probabilities(estimator: object, X: np.ndarray, names: list[str]) -> np.ndarray | None:

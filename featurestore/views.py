@@ -57,6 +57,7 @@ if TYPE_CHECKING:
 __all__ = [
     "POLICIES",
     "RandomView",
+    "ViewAveraged",
     "ViewPolicy",
     "ViewTodo",
     "average_views",
@@ -318,3 +319,64 @@ def average_views(scores: np.ndarray, keys: Sequence[str]) -> tuple[np.ndarray, 
     counts = np.bincount(inverse, minlength=len(order)).astype(np.float64)
     out /= counts.reshape(-1, *([1] * (scores.ndim - 1)))
     return out, list(order)
+
+
+class ViewAveraged:
+    """A fitted head scored with test-time averaging, on input shaped (images, views, D).
+
+    ``decision_function`` and ``predict_proba`` are the head's, averaged over each image's
+    views; ``predict`` is the class with the highest averaged score: the decision values when
+    the head has them (a binary head's one column: positive means ``classes_[1]``), else the
+    probabilities, else the most frequent of the views' predictions (ties: the class first in
+    ``classes_``). So a head that predicts by ``argmax(decision_function)``, the project's
+    heads and their probability calibrations alike, predicts the same class with one view.
+    """
+
+    def __init__(self, head: Any) -> None:
+        self.head = head
+        self.classes_ = np.asarray(head.classes_)
+
+    def _rows(self, X: Any) -> tuple[np.ndarray, int, int]:
+        X = np.asarray(X)
+        if X.ndim != 3:
+            raise ValueError(f"expected (images, views, features), got shape {X.shape}")
+        n, k = X.shape[:2]
+        return X.reshape(n * k, X.shape[2]), n, k
+
+    def _mean(self, method: str, X: Any) -> np.ndarray:
+        rows, n, k = self._rows(X)
+        scores = np.asarray(getattr(self.head, method)(rows), dtype=np.float64)
+        return scores.reshape(n, k, *scores.shape[1:]).mean(axis=1)
+
+    def decision_function(self, X: Any) -> np.ndarray:
+        """The head's decision values averaged over each image's views."""
+        return self._mean("decision_function", X)
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        """The head's class probabilities averaged over each image's views."""
+        return self._mean("predict_proba", X)
+
+    def predict(self, X: Any) -> np.ndarray:
+        """One class per image (see the class docstring for the rule)."""
+        for method in ("decision_function", "predict_proba"):
+            if _has(self.head, method):
+                scores = self._mean(method, X)
+                if scores.ndim == 1:
+                    return self.classes_[(scores > 0).astype(int)]
+                return self.classes_[scores.argmax(axis=1)]
+        rows, n, k = self._rows(X)
+        votes = np.asarray(self.head.predict(rows)).reshape(n, k)
+        index = {c: i for i, c in enumerate(self.classes_.tolist())}
+        counts = np.zeros((n, len(index)), dtype=np.int64)
+        for i, row in enumerate(votes.tolist()):
+            for c in row:
+                counts[i, index[c]] += 1
+        return self.classes_[counts.argmax(axis=1)]
+
+
+def _has(estimator: Any, method: str) -> bool:
+    """Whether ``estimator`` offers ``method`` (a pipeline answers for its last step)."""
+    try:
+        return callable(getattr(estimator, method))
+    except AttributeError:
+        return False

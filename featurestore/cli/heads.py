@@ -19,6 +19,7 @@ from featurestore.cli.group import (
     print_skipped,
 )
 from featurestore.cli.terminal import data_stdout, shown
+from featurestore.options import VIEW_POLICIES
 from featurestore.report.selection import CLASS_WEIGHTS, SCORINGS
 
 
@@ -86,6 +87,14 @@ def heads() -> None:
     type=click.Choice(CLASS_WEIGHTS),
     default=None,
     help="balanced: weigh each class inversely to its training count (default: unweighted).",
+)
+@click.option(
+    "--views",
+    type=click.Choice(VIEW_POLICIES),
+    default=None,
+    help="Also sweep each backbone trained on every view of every training image (views "
+    "extracted and cached as by `extract --views`; CV grouped by image), scored on the "
+    "identity view and with test-time averaging (rows '... views=POLICY' and '... tta').",
 )
 @click.option("--train-split", default=None, help="Training split (default: train).")
 @click.option(
@@ -235,6 +244,13 @@ def _print_sweep(outcome: Any) -> None:
     help="Instead of a column per class: the K most probable classes and their "
     "probabilities (top1, p_top1, top2, ...).",
 )
+@click.option(
+    "--tta/--no-tta",
+    default=None,
+    help="Average the head's scores over every view of each image (a head trained with "
+    "--views; the views are extracted through the cache). Default: as the head's sweep row "
+    "did (on for a '... tta' head).",
+)
 @_cache_opt
 def predict(
     source: str,
@@ -242,6 +258,7 @@ def predict(
     split: str | None,
     out_csv: str,
     top_k: int | None,
+    tta: bool | None,
     cache_dir: Path | None,
 ) -> None:
     """Predict SOURCE's images with a saved head, extracting through the cache with the head's
@@ -259,13 +276,22 @@ def predict(
     to_stdout = out_csv == "-"
     if not to_stdout:  # refuse an input or a folder before any work
         check_output(out_csv, inputs=head_inputs(source, head_path))
-    pred = run(source, head_path, split=split, cache_dir=cache_dir, progress=sys.stderr.isatty())
+    pred = run(
+        source,
+        head_path,
+        split=split,
+        cache_dir=cache_dir,
+        progress=sys.stderr.isatty(),
+        tta=tta,
+    )
     if to_stdout:
         _csv_to_stdout(pred, top_k=top_k)
     else:
         pred.write_csv(out_csv, top_k=top_k)
     say = functools.partial(click.echo, err=to_stdout)  # stdout holds only the CSV then
     say(f"predicted  {len(pred.predicted)} images -> {'stdout' if to_stdout else shown(out_csv)}")
+    if pred.views:
+        say(f"views      {pred.views}: the head's scores averaged over each image's views")
     if pred.skipped:
         say(f"skipped    {len(pred.skipped)}")
         print_skipped(pred.skipped, err=to_stdout)
