@@ -24,7 +24,7 @@ from sklearn.utils.validation import check_is_fitted
 from classifiers.heads import HEADS, HeadSpec, get_head, list_heads
 from classifiers.metrics import scores_for
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 EXPECTED = {"linear_svm", "rbf_svm", "gaussian_nb", "logreg", "mlp", "knn"}
 SPECS = list_heads()
 
