@@ -102,7 +102,8 @@ def test_json_has_rows_provenance_and_notes(sweep, tmp_path: Path) -> None:
     rows = document["rows"]
     assert len(rows) == 6
     assert [r["rank"] for r in rows] == list(range(1, 7))
-    assert [r["accuracy"] for r in rows] == sorted((r["accuracy"] for r in rows), reverse=True)
+    # Ranked by CV score on the training split (run_sweep's rank_key), not by test accuracy.
+    assert [r["cv_score"] for r in rows] == sorted((r["cv_score"] for r in rows), reverse=True)
     by_set = {s.name: s for s in sets}
     for row, result in zip(rows, results, strict=True):
         assert ROW_FIELDS <= row.keys()
