@@ -24,15 +24,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sklearn.base import BaseEstimator
-from sklearn.naive_bayes import GaussianNB
-from sklearn.neighbors import KNeighborsClassifier
 from sklearn.neural_network import MLPClassifier
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC, LinearSVC
 from sklearn.utils import check_array
 
+from classifiers.bayes import GaussianNBHead
 from classifiers.linear import DEFAULT_CS, LinearHeadCV
+from classifiers.neighbors import KNeighborsHeadCV
 
 __all__ = [
     "HEADS",
@@ -85,6 +85,8 @@ class HeadSpec:
             exposes ``best_params_``, ``best_score_`` and ``cv_results_``).
         defaults: Parameters the sweep sets when it runs without a search (``use_grid=False``)
             on an internal-search head: its single default point.
+            An internal-search head's ``grid`` holds one point whose values are its search
+            lists (``{"clf__n_neighbors": [(1, 5, 15)]}``); ``adapt`` sees those lists.
         class_weight: How the head takes ``class_weight="balanced"``: ``"param"`` (its ``clf``
             step has a ``class_weight`` parameter), ``"sample_weight"`` (balanced weights go to
             ``fit`` as ``clf__sample_weight``; for naive Bayes that is exactly equal class
@@ -170,7 +172,7 @@ def _rbf_svm() -> Pipeline:
 
 def _gaussian_nb() -> Pipeline:
     # Naive Bayes models each feature's own variance: scaling would not change it.
-    return Pipeline([("clf", GaussianNB())])
+    return Pipeline([("clf", GaussianNBHead())])
 
 
 def _mlp() -> Pipeline:
@@ -190,7 +192,8 @@ def _mlp() -> Pipeline:
 
 
 def _knn() -> Pipeline:
-    return _scaled(KNeighborsClassifier(n_neighbors=5, weights="distance", algorithm="brute"))
+    # Standardises each CV fold with its own training rows itself (no scaler step in front).
+    return Pipeline([("clf", KNeighborsHeadCV(random_state=RANDOM_STATE))])
 
 
 def _fewer_neighbours(grid: dict[str, list], shape: FoldShape) -> tuple[dict[str, list], list[str]]:
@@ -253,7 +256,7 @@ _SPECS = (
     ),
     HeadSpec(
         name="gaussian_nb",
-        description="Gaussian naive Bayes on raw features",
+        description="Gaussian naive Bayes on raw features (class scores as matrix products)",
         build=_gaussian_nb,
         # var_smoothing adds a fraction of the largest feature variance to every variance.
         grid={"clf__var_smoothing": [1e-9, 1e-6, 1e-3, 1e-1]},
@@ -285,9 +288,15 @@ _SPECS = (
     ),
     HeadSpec(
         name="knn",
-        description="k-nearest neighbours (distance-weighted) on standardised features",
+        description=(
+            "k-nearest neighbours (distance-weighted) on standardised features; k in 1, 5, 15 "
+            "and the metric (euclidean, cosine) chosen by its own CV from one distance pass "
+            "per fold"
+        ),
         build=_knn,
-        grid={"clf__n_neighbors": [1, 5, 15], "clf__metric": ["euclidean", "cosine"]},
+        grid={"clf__n_neighbors": [(1, 5, 15)], "clf__metrics": [("euclidean", "cosine")]},
+        search="internal",
+        defaults={"clf__n_neighbors": (5,), "clf__metrics": ("euclidean",)},
         adapt=_fewer_neighbours,
         limits={"clf__n_neighbors": (1, None)},
     ),

@@ -148,6 +148,12 @@ def _internal(
 ) -> SearchOutcome:
     if not use_grid:
         estimator.set_params(**spec.defaults)
+    notes: list[str] = []
+    if spec.adapt is not None:
+        params = estimator.get_params()
+        space = {key: list(params[key]) for key in spec.grid}
+        adapted, notes = spec.adapt(space, plan.shape)
+        estimator.set_params(**{key: tuple(values) for key, values in adapted.items()})
     settings: dict[str, Any] = {"clf__cv": [tuple(s) for s in plan.splits], "clf__scoring": scoring}
     if "clf__n_jobs" in estimator.get_params():
         settings["clf__n_jobs"] = n_jobs
@@ -182,7 +188,7 @@ def _internal(
         cv_fold_scores=folds,
         estimator=fixed,
         points=points,
-        notes=edge_notes(chosen, searched, spec.limits),
+        notes=notes + edge_notes(chosen, searched, spec.limits),
     )
 
 

@@ -10,7 +10,10 @@ import numpy as np
 import pytest
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.model_selection import GridSearchCV
+from sklearn.naive_bayes import GaussianNB
+from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
 
 from classifiers import heads as heads_module
 from classifiers.heads import HeadSpec
@@ -212,22 +215,37 @@ def _imbalanced(make_feature_set, replace_fs) -> FeatureSet:
     return replace_fs(fs, X_train=fs.X_train[keep], y_train=fs.y_train[keep])
 
 
+#: scikit-learn's own searches equivalent to two registered heads.
+REFERENCES = {
+    "gaussian_nb": (
+        Pipeline([("clf", GaussianNB())]),
+        {"clf__var_smoothing": [1e-9, 1e-6, 1e-3, 1e-1]},
+    ),
+    "knn": (
+        Pipeline(
+            [
+                ("scale", StandardScaler()),
+                ("clf", KNeighborsClassifier(weights="distance", algorithm="brute")),
+            ]
+        ),
+        {"clf__n_neighbors": [1, 5, 15], "clf__metric": ["euclidean", "cosine"]},
+    ),
+}
+
+
 @pytest.mark.parametrize("scoring", ["balanced_accuracy", "f1_macro"])
 def test_selection_scoring_is_used_for_the_search_and_the_order(
     make_feature_set, replace_fs, scoring: str
 ) -> None:
     fs = _imbalanced(make_feature_set, replace_fs)
-    results = run_sweep([fs], heads=["gaussian_nb", "knn"], cv=3, scoring=scoring, n_jobs=1)
+    results = run_sweep([fs], heads=list(REFERENCES), cv=3, scoring=scoring, n_jobs=1)
+    folds = [(np.asarray(a), np.asarray(b)) for a, b in _folds_of(fs, 3)]
     for r in results:
         assert r.scoring == scoring
-        spec = heads_module.get_head(r.head)
-        # The same search with scikit-learn's scorer of that name gives the same CV score.
-        search = GridSearchCV(
-            spec.build(),
-            spec.grid,
-            scoring=scoring,
-            cv=[(np.asarray(a), np.asarray(b)) for a, b in _folds_of(fs, 3)],
-        ).fit(fs.X_train, fs.y_train)
+        # scikit-learn's search with its scorer of that name gives the same CV score.
+        estimator, grid = REFERENCES[r.head]
+        search = GridSearchCV(estimator, grid, scoring=scoring, cv=folds)
+        search.fit(fs.X_train, fs.y_train)
         assert r.cv_score == pytest.approx(search.best_score_)
     assert [r.cv_score for r in results] == sorted((r.cv_score for r in results), reverse=True)
 
