@@ -290,6 +290,8 @@ class Batch:
         self.curvature = torch.full((self.n_out,), start, device=device)
         self._memory: list[tuple[torch.Tensor, torch.Tensor]] = []
         self._memory_lam: torch.Tensor | None = None
+        # The last solve's (P, f, G, lam per problem), for a warm start from its result.
+        self._end: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None
         # Work counters: objective evaluations, and outputs evaluated (the products' width).
         self.evaluations = 0
         self.output_evaluations = 0
@@ -458,7 +460,18 @@ class Batch:
             memory=[(s, yv, self._rho(s, yv)) for s, yv in self._memory],
             n_iter=torch.zeros(self.n_problems, dtype=torch.int64, device=self.device),
         )
-        work.f, work.G, work.curvature = self._value_and_grad(work.P, work)
+        if self._end is not None and P is self._end[0]:
+            # Warm start from the last solve's result: its objective and gradient at the new
+            # lam differ only by the penalty term, so no pass over the rows is needed.
+            _, f_end, G_end, lam_end = self._end
+            W = P[:, : self.D]
+            delta = work.lam - lam_end
+            norm_sq = (W * W).view(-1, self.cpp * self.D).sum(dim=1).to(torch.float64)
+            work.f = f_end + 0.5 * delta * norm_sq
+            work.G = G_end.clone()
+            work.G[:, : self.D] += self._expand(delta) * W
+        else:
+            work.f, work.G, work.curvature = self._value_and_grad(work.P, work)
         final = _Work(**{**work.__dict__, "P": work.P.clone(), "G": work.G.clone()})
         final.memory = [(s.clone(), yv.clone(), rho) for s, yv, rho in work.memory]
         active = self._abs_max(work.G) > tol
@@ -474,6 +487,7 @@ class Batch:
         self._retire(work, torch.ones_like(work.problems, dtype=bool), final)
         self.curvature = final.curvature
         self._memory = [(s, yv) for s, yv, _ in final.memory]
+        self._end = (final.P, final.f, final.G, final.lam)
         return final.P, self._report(final.n_iter, self._abs_max(final.G), tol)
 
     def _report(self, n_iter: torch.Tensor, gmax: torch.Tensor, tol: float) -> SolveReport:

@@ -524,15 +524,21 @@ class LinearHeadCV(_LinearPredictMixin, ClassifierMixin, BaseEstimator):
         batch = session.batch(rows, basis, data.y_idx, n_classes, weights, self.loss)
         score = SCORERS[self.scoring]
 
+        last: dict[str, Any] = {}  # parameters and predictions of the last evaluation
+
         def evaluate(P: Any, C: float, stage: str) -> tuple[Any, _Point]:
             solver_C = np.full(len(folds), _solver_C(C, self.loss, n_classes))
-            P, report = batch.solve(P, solver_C, tol=self.search_tol, max_iter=self.search_max_iter)
-            pred = batch.predict(P)
+            P_new, report = batch.solve(
+                P, solver_C, tol=self.search_tol, max_iter=self.search_max_iter
+            )
+            unchanged = P is last.get("P") and not report.n_iter.any()
+            pred = last["pred"] if unchanged else batch.predict(P_new)
+            last.update(P=P_new, pred=pred)
             scores = np.array(
                 [score(data.y_idx[test], pred[test, b]) for b, (_, test) in enumerate(folds)]
             )
             point = _Point(C, stage, scores, int(report.n_iter.max()), bool(report.converged.all()))
-            return P, point
+            return P_new, point
 
         points: list[_Point] = []
         P = batch.zeros()

@@ -153,7 +153,8 @@ def _internal(
         params = estimator.get_params()
         space = {key: list(params[key]) for key in spec.grid}
         adapted, notes = spec.adapt(space, plan.shape)
-        estimator.set_params(**{key: tuple(values) for key, values in adapted.items()})
+        # A search list stays a list; any other parameter the adaptation names is set.
+        estimator.set_params(**{k: tuple(v) if k in space else v[0] for k, v in adapted.items()})
     settings: dict[str, Any] = {"clf__cv": [tuple(s) for s in plan.splits], "clf__scoring": scoring}
     if "clf__n_jobs" in estimator.get_params():
         settings["clf__n_jobs"] = n_jobs
