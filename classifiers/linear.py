@@ -83,11 +83,31 @@ def default_n_jobs() -> int:
 SMALL_WORK = 1 << 24
 
 
+def free_cores(loadavg: str = "/proc/loadavg") -> int:
+    """Cores of this process not taken by another runnable task right now (at least 1).
+
+    Read from the kernel's count of runnable tasks (``/proc/loadavg``), less this one; where it
+    cannot be read, every core. A torch thread pool wider than the free cores spins at each of
+    its barriers while a thread waits to be scheduled: on this project's shared 2-core machine,
+    with other work running, two threads made the batched heads 4-7x slower than one
+    (``benchmarks/RESULTS.md``, issue 11).
+    """
+    cores = default_n_jobs()
+    try:
+        with open(loadavg) as handle:
+            running = int(handle.read().split()[3].split("/")[0])
+    except (OSError, ValueError, IndexError):
+        return cores
+    return max(1, min(cores, cores - (running - 1)))
+
+
 def _threads(n_jobs: int | None, work: float) -> int:
+    """Threads of one batched fit: one for small work; ``n_jobs`` when given (negative:
+    counted back from the cores, as joblib); by default the cores free right now."""
     if work < SMALL_WORK:
         return 1
     if n_jobs is None:
-        return default_n_jobs()
+        return free_cores()
     if n_jobs < 0:
         return max(1, default_n_jobs() + 1 + n_jobs)
     return max(1, int(n_jobs))

@@ -22,6 +22,7 @@ from sklearn.utils.class_weight import compute_sample_weight
 
 from classifiers.folds import FoldPlan
 from classifiers.heads import HeadSpec
+from classifiers.linear import default_n_jobs
 
 __all__ = ["SCORINGS", "SearchOutcome", "search_head"]
 
@@ -119,7 +120,7 @@ def search_head(
     use_grid: bool,
     scoring: str,
     class_weight: str | None,
-    n_jobs: int,
+    n_jobs: int | None,
     random_state: int,
 ) -> SearchOutcome:
     """Cross-validate ``spec`` on ``plan``'s folds of ``(X, y)``, refit the best point on all
@@ -143,7 +144,7 @@ def _internal(
     plan: FoldPlan,
     use_grid: bool,
     scoring: str,
-    n_jobs: int,
+    n_jobs: int | None,
     fit_params: dict[str, Any],
 ) -> SearchOutcome:
     if not use_grid:
@@ -207,7 +208,7 @@ def _grid(
     plan: FoldPlan,
     use_grid: bool,
     scoring: str,
-    n_jobs: int,
+    n_jobs: int | None,
     fit_params: dict[str, Any],
 ) -> SearchOutcome:
     grid = (
@@ -226,7 +227,7 @@ def _grid(
         grid,
         scoring=scoring,
         cv=[tuple(s) for s in plan.splits],
-        n_jobs=n_jobs,
+        n_jobs=default_n_jobs() if n_jobs is None else n_jobs,
         refit=True,
         error_score="raise",
     )

@@ -337,7 +337,9 @@ def run_sweep(
         cv: Requested number of CV folds (at least 2).
         use_grid: Search each head's grid (or range); if false, cross-validate its defaults.
         n_jobs: Parallel workers for ``GridSearchCV`` and threads of the batched heads;
-            ``None`` (default) = every core this process may use, ``-1`` likewise.
+            ``None`` (default): every core this process may use for ``GridSearchCV``, and for
+            each batched head the cores free when it starts (``classifiers.linear.free_cores``);
+            ``-1``: every core.
         random_state: Seed for the folds and the heads.
         progress: Called with a short line before and after each fit (e.g. a progress bar).
         blas_threads: Threads each BLAS/OpenMP pool may use in this process while fitting and
@@ -387,7 +389,8 @@ def run_sweep(
     data_notes = {
         fs.name: _data_notes(fs, plans[fs.name], scoring, class_weight) for fs in feature_sets
     }
-    jobs = default_n_jobs() if n_jobs is None or n_jobs < 0 else n_jobs
+    # None reaches the heads as None: the batched heads then use the cores free at each fit.
+    jobs = default_n_jobs() if n_jobs is not None and n_jobs < 0 else n_jobs
     settings = _Settings(use_grid, jobs, random_state, scoring, class_weight, progress)
     with threadpool_limits(limits=blas_threads):
         results, failures = _sweep(feature_sets, specs, plans, data_notes, settings)
@@ -412,7 +415,7 @@ def _data_notes(fs: FeatureSet, plan: FoldPlan, scoring: str, class_weight: Any)
 @dataclass(frozen=True)
 class _Settings:
     use_grid: bool
-    n_jobs: int
+    n_jobs: int | None
     random_state: int
     scoring: str
     class_weight: str | None

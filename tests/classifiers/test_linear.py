@@ -20,6 +20,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.utils.class_weight import compute_sample_weight
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
+from classifiers import linear
 from classifiers.linear import DEFAULT_CS, LinearHead, LinearHeadCV
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -253,3 +254,20 @@ def test_a_fitted_head_predicts_without_torch(three_class, tmp_path: Path) -> No
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=False
     )
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+
+
+def test_default_threads_are_the_cores_free_now(tmp_path, monkeypatch) -> None:
+    """By default a batched fit takes only the cores no other runnable task holds: a wider
+    pool spins at its barriers on a shared machine. An explicit n_jobs is obeyed."""
+    monkeypatch.setattr(linear, "default_n_jobs", lambda: 4)
+    loadavg = tmp_path / "loadavg"
+    for running, free in [(1, 4), (2, 3), (4, 1), (9, 1)]:
+        loadavg.write_text(f"0.50 0.40 0.30 {running}/210 4242\n")
+        assert linear.free_cores(str(loadavg)) == free
+    assert linear.free_cores(str(tmp_path / "absent")) == 4
+    monkeypatch.setattr(linear, "free_cores", lambda: 2)
+    big = float(linear.SMALL_WORK) * 4
+    assert linear._threads(None, big) == 2
+    assert linear._threads(3, big) == 3
+    assert linear._threads(-1, big) == 4
+    assert linear._threads(None, 1.0) == 1
