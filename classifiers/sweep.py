@@ -337,9 +337,9 @@ def run_sweep(
         cv: Requested number of CV folds (at least 2).
         use_grid: Search each head's grid (or range); if false, cross-validate its defaults.
         n_jobs: Parallel workers for ``GridSearchCV`` and threads of the batched heads;
-            ``None`` (default): every core this process may use for ``GridSearchCV``, and for
-            each batched head the cores free when it starts (``classifiers.linear.free_cores``);
-            ``-1``: every core.
+            ``None`` (default): ``GridSearchCV`` in this process (the grid heads are cheap), and
+            for each batched head the cores free when it starts
+            (``classifiers.linear.free_cores``); ``-1``: every core.
         random_state: Seed for the folds and the heads.
         progress: Called with a short line before and after each fit (e.g. a progress bar).
         blas_threads: Threads each BLAS/OpenMP pool may use in this process while fitting and

@@ -111,6 +111,12 @@ def test_test_rows_never_reach_fit(good: FeatureSet, spy_head) -> None:
     assert set(SpyCentroid.threads) == {1}  # BLAS/OpenMP pools limited while fitting
 
 
+def test_grid_search_runs_in_this_process_by_default(good: FeatureSet, spy_head) -> None:
+    """Worker processes cost seconds to start; the grid heads fit in milliseconds."""
+    run_sweep([good], heads=["spy"], cv=3)
+    assert len(SpyCentroid.fitted_on) == 3 * 3 + 1  # every fit seen here, none in a worker
+
+
 def test_blas_threads_none_leaves_the_pools_alone(good: FeatureSet, spy_head) -> None:
     outside = max(p["num_threads"] for p in threadpool_info())
     run_sweep([good], heads=["spy"], cv=2, blas_threads=None, n_jobs=1)
