@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import platform
 import resource
 import sys
 import time
@@ -21,54 +20,29 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout
 
+from featurestore import provenance  # noqa: E402 - after the checkout is on sys.path
+
 HYMENOPTERA = REPO.parent / "shared" / "datasets" / "hymenoptera_data"
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
-
-
-def cores() -> int:
-    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, n or 1)
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def cpu_flags() -> list[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return []
-    wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "avx512_fp16")
-    return [f for f in wanted if f" {f}" in text]
 
 
 def machine(torch_too: bool = True) -> dict[str, Any]:
     """What the numbers ran on: CPU, cores, memory, load, library versions."""
     info: dict[str, Any] = {
-        "cpu": cpu_model(),
-        "cores": cores(),
-        "cpu_flags": " ".join(cpu_flags()),
-        "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+        **provenance.machine(),
         "loadavg_1m_at_start": os.getloadavg()[0],
-        "python": platform.python_version(),
         "numpy": np.__version__,
     }
     if torch_too:
-        import PIL
+        import PIL  # noqa: F401 - imported so that its version is recorded
         import torch
-        import torchvision
+        import torchvision  # noqa: F401 - imported so that its version is recorded
 
+        versions = provenance.package_versions(("torch", "torchvision", "pillow"))
         info.update(
-            torch=torch.__version__,
-            torchvision=torchvision.__version__,
-            pillow=PIL.__version__,
+            torch=versions["torch"],
+            torchvision=versions["torchvision"],
+            pillow=versions["pillow"],
             torch_threads=torch.get_num_threads(),
             gpu=torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",
         )

@@ -5,7 +5,7 @@
         (``featurestore.pipeline.heap_allocations``), measured as
         a1  one model, torch's default threads (what ``model(x)`` on a batch gives), and
         a*  the arrangement ``extract`` uses on CPU, minus decoding: one forked single-threaded
-            replica per core (``featurestore.pipeline.cpu_replica_workers``), the fastest found;
+            replica per core (``featurestore.runtime.cpu_replica_workers``), the fastest found;
         the default (NCHW) layout of a1 is shown too;
     b   ``featurestore extract`` end to end, files -> rows in a fresh store (scan, hash, decode,
         forward, write, compact);
@@ -58,15 +58,11 @@ from _common import (
     self_cpu_s,
 )
 
-from featurestore.datasets import Source, open_source
 from featurestore.extraction import extract
 from featurestore.extractor import resolve
-from featurestore.pipeline import (
-    _Collate,
-    _ImageDataset,
-    cpu_replica_workers,
-    heap_allocations,
-)
+from featurestore.pipeline import _Collate, _ImageDataset, heap_allocations
+from featurestore.runtime import cpu_replica_workers
+from featurestore.sources import Source, open_source
 from featurestore.store import FeatureStore
 
 
@@ -103,7 +99,7 @@ def forward_rate(model: Any, batches: list[torch.Tensor], seconds: float, device
 def replica_rate(model: Any, batches: list[torch.Tensor], seconds: float, replicas: int) -> float:
     """Images/s of ``replicas`` forked processes, each running the model single-threaded.
 
-    The arrangement ``extract`` uses on CPU (``featurestore.pipeline.cpu_replica_workers``), minus
+    The arrangement ``extract`` uses on CPU (``featurestore.runtime.cpu_replica_workers``), minus
     the decoding. Every process starts together after a warm-up; a batch begun before the
     deadline is counted and waited for.
     """

@@ -253,22 +253,20 @@ def format2_copy(store: Any, root: Path) -> Any:
     chunks, no CRC32s), which featurestore still reads."""
     import h5py
 
-    from featurestore.store import FeatureStore
+    from featurestore.store import FeatureStore, write_legacy
 
     old = FeatureStore(root / store.path.name)
     root.mkdir(parents=True, exist_ok=True)
-    with h5py.File(store.path, "r") as src, h5py.File(old.path, "w", libver="v110") as dst:
-        feats = src["features"]
-        out = dst.create_dataset(
-            "features", shape=feats.shape, dtype="float32", chunks=feats.chunks, fletcher32=True
+    with h5py.File(store.path, "r") as src:
+        provenance = json.loads(src.attrs["provenance"])
+        write_legacy(
+            old.path,
+            src["keys"][...],
+            src["features"],  # copied a block at a time
+            format_version=2,
+            spec=store.spec,
+            provenance=provenance,
         )
-        for lo in range(0, feats.shape[0], 4096):
-            out[lo : lo + 4096] = feats[lo : lo + 4096]
-        keys = src["keys"]
-        dst.create_dataset("keys", data=keys[...], chunks=keys.chunks, fletcher32=True)
-        for name, value in src.attrs.items():
-            dst.attrs[name] = value
-        dst.attrs["format_version"] = 2
     return old
 
 

@@ -384,10 +384,13 @@ def _splits(
         if cv < 2:
             raise ValueError(f"cv must be >= 2, got {cv}")
         seed = _seed(random_state)
+        # No more folds than rows of the rarest class (at least 2), as the sweep plans them:
+        # a head fitted on its own on a handful of rows still fits.
+        n_splits = int(min(cv, max(2, np.bincount(np.unique(y, return_inverse=True)[1]).min())))
         if groups is None:
-            splitter = StratifiedKFold(int(cv), shuffle=True, random_state=seed)
+            splitter = StratifiedKFold(n_splits, shuffle=True, random_state=seed)
         else:
-            splitter = StratifiedGroupKFold(int(cv), shuffle=True, random_state=seed)
+            splitter = StratifiedGroupKFold(n_splits, shuffle=True, random_state=seed)
         return [(np.asarray(a), np.asarray(b)) for a, b in splitter.split(X, y, groups)]
     if hasattr(cv, "split"):
         return [(np.asarray(a), np.asarray(b)) for a, b in cv.split(X, y, groups)]

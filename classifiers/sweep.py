@@ -209,6 +209,7 @@ class HeadFailure:
     traceback: str
     fit_seconds: float
     notes: tuple[str, ...] = ()
+    exception: BaseException | None = field(default=None, repr=False, compare=False)
 
 
 class SweepResults(list):
@@ -394,6 +395,8 @@ def run_sweep(
     settings = _Settings(use_grid, jobs, random_state, scoring, class_weight, progress)
     with threadpool_limits(limits=blas_threads):
         results, failures = _sweep(feature_sets, specs, plans, data_notes, settings)
+    if not results and len(failures) == 1 and failures[0].exception is not None:
+        raise failures[0].exception  # one (set, head) pair: its own error, as it was raised
     if not results:
         reasons = "; ".join(f"{f.feature_set}/{f.head}: {f.error}" for f in failures)
         raise RuntimeError(f"every head failed, nothing to rank: {reasons}")
@@ -450,6 +453,7 @@ def _sweep(
                     traceback=traceback.format_exc(),
                     fit_seconds=time.perf_counter() - start,
                     notes=data_notes[fs.name],
+                    exception=exc,
                 )
                 failures.append(failure)
                 line = f"{label}: FAILED {failure.error}"

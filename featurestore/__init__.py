@@ -16,13 +16,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from featurestore.provenance import VERSION as __version__
+
 __all__ = ["__version__", "extract", "load_features", "open_source"]
 
 if TYPE_CHECKING:
     from featurestore.api import load_features
-    from featurestore.datasets import open_source
     from featurestore.extraction import extract
+    from featurestore.sources import open_source
 
 
 def __getattr__(name: str) -> Any:
@@ -35,7 +36,7 @@ def __getattr__(name: str) -> Any:
 
         return load_features
     if name == "open_source":
-        from featurestore.datasets import open_source
+        from featurestore.sources import open_source
 
         return open_source
     raise AttributeError(name)

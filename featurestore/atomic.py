@@ -62,6 +62,7 @@ def atomic_path(
     *,
     tmp_name: str | None = None,
     fsync: bool = True,
+    tmp_synced: bool = False,
 ) -> Iterator[Path]:
     """Yield a fresh temporary path in ``path``'s folder; on success rename it over ``path``.
 
@@ -73,12 +74,16 @@ def atomic_path(
 
     ``tmp_name``: the temporary file's name (default ``.<name>.<random>.tmp``); the store uses
     its own pattern so that it can tell a killed writer's leftovers from a live one's.
+
+    ``tmp_synced``: the caller has fsynced the temporary file itself (the store does, through
+    the descriptor it wrote with, before closing it), so only the folder is fsynced, after the
+    rename.
     """
     target = Path(path)
     tmp = target.with_name(tmp_name or f".{target.name}.{secrets.token_hex(6)}.tmp")
     try:
         yield tmp
-        if fsync:
+        if fsync and not tmp_synced:
             _fsync_file(tmp)
         os.replace(tmp, target)
     except BaseException:

@@ -21,10 +21,14 @@ __all__ = [
     "HeadError",
     "HeadIntegrityError",
     "HeadMismatchError",
+    "MissingRowsError",
+    "NotAStoreError",
+    "OptionError",
     "OutputError",
     "SourceError",
     "StoreCorruptError",
     "StoreError",
+    "StoreNameError",
     "WeightsUnavailableError",
 ]
 
@@ -33,6 +37,10 @@ class FeatureStoreError(Exception):
     """Base of every error featurestore raises on purpose; its message is for the user."""
 
     exit_code = 1
+
+
+class OptionError(FeatureStoreError, ValueError):
+    """An option value that cannot work (not one of the allowed values, out of range)."""
 
 
 class SourceError(FeatureStoreError, ValueError):
@@ -65,6 +73,28 @@ class StoreCorruptError(StoreError):
     def __init__(self, message: str, *, file: Path | None = None) -> None:
         super().__init__(message)
         self.file = file
+
+
+class NotAStoreError(StoreError, ValueError):
+    """A path given as a store is not one (a folder, a FIFO, a user's own HDF5 file): a usage
+    error (exit status 2), never reported as a damaged store."""
+
+    exit_code = 2
+
+
+class StoreNameError(FeatureStoreError, ValueError):
+    """A store name that names no store of the cache, or several (``candidates`` lists them)."""
+
+    def __init__(self, message: str, *, candidates: tuple[Path, ...] = ()) -> None:
+        super().__init__(message)
+        self.candidates = candidates
+
+
+class MissingRowsError(FeatureStoreError, KeyError):
+    """Rows asked for are not in the store (extract them first)."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
 
 
 class HeadError(FeatureStoreError, ValueError):

@@ -1,7 +1,8 @@
 """The frozen network: uint8 image batches in, (B, D) float32 feature rows out.
 
 :class:`FeatureModel` wraps a backbone built by :func:`featurestore.backbones.build_model`:
-normalisation, the graph nodes asked for (torchvision's or timm's feature extractor), pooling,
+normalisation, the graph nodes asked for (:func:`featurestore.backbones.nodes.feature_extractor`:
+torchvision's or timm's, or a timm model's own pre-logits features), pooling,
 BatchNorm folded into the convolutions, the compute precision and channels-last layout. Kept apart
 from :mod:`featurestore.extractor` so that resolving an extractor (and its fingerprint) imports no
 torch; :meth:`featurestore.extractor.Extractor.build` imports this module.
@@ -15,6 +16,7 @@ import torch
 from torch import nn
 
 from featurestore.backbones import BackboneError
+from featurestore.backbones.nodes import feature_extractor
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -30,19 +32,6 @@ def _pool(x: torch.Tensor, mode: str, node: str) -> torch.Tensor:
         )
     dims = tuple(range(2, x.ndim)) if x.ndim == 4 else (1,)  # (B,C,H,W) or (B,tokens,C)
     return x.mean(dims) if mode == "avg" else x.amax(dims)
-
-
-def _feature_extractor(model: nn.Module, provider: str, nodes: tuple[str, ...]) -> nn.Module:
-    if provider == "timm":
-        from timm.models import create_feature_extractor
-    else:
-        from torchvision.models.feature_extraction import create_feature_extractor
-    try:
-        return create_feature_extractor(model, return_nodes=list(nodes))
-    except ValueError as exc:
-        raise BackboneError(
-            f"{exc}. List the node names with `featurestore nodes BACKBONE`."
-        ) from exc
 
 
 def _conv_bn(conv: nn.Module, bn: nn.Module) -> nn.Module | None:
@@ -136,6 +125,24 @@ def fold_conv_batchnorm(gm: torch.fx.GraphModule) -> int:
     return folded
 
 
+def _to_channels_last(module: nn.Module) -> None:
+    """Channels-last layout for every 4-d parameter and buffer. ``Module.to(memory_format=)``
+    would also try the 5-d ones (a Swin window mask) and fail."""
+
+    def convert(t: torch.Tensor) -> torch.Tensor:
+        return t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 else t
+
+    module._apply(convert)
+
+
+def _fold(body: nn.Module) -> int:
+    """Fold BatchNorm in a traced graph, or (a timm model timm cannot trace, which runs
+    eagerly) in its ``nn.Sequential`` containers only."""
+    if isinstance(body, torch.fx.GraphModule):
+        return fold_conv_batchnorm(body)
+    return _fold_sequential(body)
+
+
 class FeatureModel(nn.Module):
     """uint8 (B, 3, H, W) images -> normalised -> backbone nodes -> pooled (B, D) float32.
 
@@ -157,17 +164,18 @@ class FeatureModel(nn.Module):
         fold_batchnorm: bool = True,
     ) -> None:
         super().__init__()
-        self.body = _feature_extractor(model, provider, nodes).eval()
+        self.body = feature_extractor(model, provider, nodes).eval()
         self.nodes = nodes
         self.pooling = pooling
         self.dtype = dtype
         self.channels_last = channels_last
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1) * 255.0)
         self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1) * 255.0)
-        self.folded = fold_conv_batchnorm(self.body) if fold_batchnorm else 0
+        self.folded = _fold(self.body) if fold_batchnorm else 0
         self.body.to(dtype)
         if channels_last:
-            self.body.to(memory_format=torch.channels_last)
+            _to_channels_last(self.body)
+        self.eval()  # frozen: the wrapper is in eval mode as well as the body
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if images.ndim == 4:

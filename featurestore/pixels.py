@@ -7,8 +7,8 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image
 
-from featurestore.datasets import ImageLoader, Record, Skipped
 from featurestore.decode import DecodeError
+from featurestore.sources import ImageLoader, Record, Skipped
 
 DEFAULT_SIZE = 32
 
@@ -18,17 +18,21 @@ def pixel_rows(
 ) -> tuple[np.ndarray, np.ndarray, list[Skipped]]:
     """(rows, ok mask, skipped): each image resized to ``size`` x ``size`` RGB, flattened, /255.
 
-    Resizing squashes to a square (no crop), bilinear with antialiasing.
+    Resizing squashes to a square (no crop), bilinear with antialiasing. The files the loader
+    opened (HDF5 sources) are closed at the end; a later load opens them again.
     """
     rows = np.zeros((len(records), size * size * 3), dtype=np.float32)
     ok = np.zeros(len(records), dtype=bool)
     skipped: list[Skipped] = []
-    for i, record in enumerate(records):
-        try:
-            img = loader.load(record).resize((size, size), Image.Resampling.BILINEAR)
-        except DecodeError as exc:
-            skipped.append(Skipped(record.path, str(exc)))
-            continue
-        rows[i] = np.asarray(img, dtype=np.float32).reshape(-1) / 255.0
-        ok[i] = True
+    try:
+        for i, record in enumerate(records):
+            try:
+                img = loader.load(record).resize((size, size), Image.Resampling.BILINEAR)
+            except DecodeError as exc:
+                skipped.append(Skipped(record.path, str(exc)))
+                continue
+            rows[i] = np.asarray(img, dtype=np.float32).reshape(-1) / 255.0
+            ok[i] = True
+    finally:
+        loader.close()
     return rows, ok, skipped

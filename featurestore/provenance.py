@@ -19,6 +19,7 @@ from typing import Any
 __all__ = [
     "CORE_PACKAGES",
     "HEAD_PACKAGES",
+    "VERSION",
     "cores",
     "cpu_flags",
     "cpu_model",
@@ -26,6 +27,9 @@ __all__ = [
     "now",
     "package_versions",
 ]
+
+#: featurestore's own version (``featurestore.__version__``).
+VERSION = "0.1.0"
 
 #: Packages whose versions a report or a benchmark records.
 CORE_PACKAGES = (
@@ -45,16 +49,29 @@ CORE_PACKAGES = (
 HEAD_PACKAGES = ("numpy", "scikit-learn", "joblib")
 
 
+#: Import names of the distributions whose names differ.
+_MODULES = {"scikit-learn": "sklearn", "pillow": "PIL"}
+
+
 @cache
-def _version(name: str) -> str | None:
+def _installed_version(name: str) -> str | None:
     try:
         return metadata.version(name)
     except metadata.PackageNotFoundError:
         return None
 
 
+def _version(name: str) -> str | None:
+    if name == "featurestore":
+        return VERSION
+    module = sys.modules.get(_MODULES.get(name, name))
+    found = getattr(module, "__version__", None)  # an imported module knows its build tag
+    return found if isinstance(found, str) else _installed_version(name)
+
+
 def package_versions(names: tuple[str, ...] = CORE_PACKAGES) -> dict[str, str | None]:
-    """``{name: installed version or None}`` plus ``python``, read without importing them."""
+    """``{name: version or None}`` plus ``python``; never imports a package to ask (an
+    already imported one gives its own ``__version__``, e.g. torch's ``2.14.1+cu130``)."""
     return {"python": platform.python_version(), **{n: _version(n) for n in names}}
 
 

@@ -17,6 +17,8 @@ import pytest
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
+#: The real public datasets (``../shared/datasets``); tests that need them skip when absent.
+SHARED = REPO.parent / "shared" / "datasets"
 
 # Random weights and a 32 px input: a forward pass of 4 images takes a few milliseconds on CPU.
 TINY_BACKBONE = {"backbone": "mobilenet_v3_small", "weights": "none", "input_size": 32}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,6 +19,12 @@ from sklearn.datasets import make_classification
 from sklearn.model_selection import train_test_split
 
 from classifiers.sweep import FeatureSet
+
+# The test folders have no __init__.py, so pytest imports each conftest.py under the one name
+# "conftest", and the latest answers other modules' `from conftest import SHARED`: the root
+# conftest's public names (tests/conftest.py) are repeated here, with the same values.
+REPO = Path(__file__).resolve().parents[2]
+SHARED = REPO.parent / "shared" / "datasets"
 
 
 @functools.lru_cache(maxsize=32)

@@ -10,7 +10,7 @@ from sklearn.model_selection import train_test_split
 
 from classifiers.calibration import ScoreCalibrated, needs_calibration, with_probabilities
 from classifiers.heads import get_head
-from classifiers.saved import load_head, save_head
+from featurestore.headfile import load_head, save_head
 
 
 def _data(n_classes: int) -> tuple[np.ndarray, ...]:

@@ -271,3 +271,13 @@ def test_default_threads_are_the_cores_free_now(tmp_path, monkeypatch) -> None:
     assert linear._threads(3, big) == 3
     assert linear._threads(-1, big) == 4
     assert linear._threads(None, 1.0) == 1
+
+
+def test_a_head_fitted_on_a_handful_of_rows_uses_fewer_folds() -> None:
+    """Fitted on its own (as a saved head's user might), with 3 rows in a class: 3 folds."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(9, 4)).astype(np.float32)
+    y = np.repeat([0, 1, 2], 3)
+    X[y == 1] += 3.0
+    head = LinearHeadCV(cv=5, Cs=[0.1, 1.0]).fit(X, y)
+    assert head.n_splits_ == 3

@@ -1,0 +1,558 @@
+"""A sweep end to end: feature sets, split, heads, report, chosen head and its sidecar.
+
+:func:`run_experiment` is what ``featurestore sweep`` and ``benchmarks/sweep.py`` run. In order:
+it checks every option and that the report folder can be written (before any extraction or
+fit), splits the source and extracts (through the cache) every feature set
+(:mod:`featurestore.featuresets`), fits each (feature set, head) by cross-validation on the
+training split (:func:`classifiers.sweep.run_sweep`, one call per pair so that one failure
+loses nothing and each reports its progress), evaluates each once on the held-out split,
+chooses the row by its CV score alone (:mod:`featurestore.report.selection`), and writes the
+whole report with the chosen head, its sidecar and its per-image predictions, all or nothing
+(:func:`featurestore.report.write_report`). It returns a value and prints nothing; progress
+lines go to the ``progress`` callback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import logging
+import math
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from classifiers.calibration import with_probabilities
+from classifiers.heads import get_head, list_heads
+from classifiers.sweep import FeatureSet, SweepResult, run_sweep
+from featurestore.errors import HeadError, OptionError
+from featurestore.extractor import ExtractorRecord
+from featurestore.featuresets import SweepData, build_sweep_data, plan_split
+from featurestore.headfile import HeadCard, labelled
+from featurestore.options import ExtractorOptions
+from featurestore.report.folder import check_output
+from featurestore.report.images import EvaluatedImages
+from featurestore.report.notes import Anchor, DataFacts, collect
+from featurestore.report.rows import FailedHead, scoring_label
+from featurestore.report.selection import CLASS_WEIGHTS, SCORINGS, rank
+from featurestore.report.writer import HeadToSave, write_report
+from featurestore.sources import Source, open_source
+
+__all__ = [
+    "CLASS_WEIGHTS",
+    "SCORINGS",
+    "Anchor",
+    "ExperimentResult",
+    "SweepSettings",
+    "default_out_dir",
+    "fit_heads",
+    "parse_anchor",
+    "run_experiment",
+    "sweep_and_report",
+    "sweep_keywords",
+]
+
+log = logging.getLogger(__name__)
+
+#: Seconds between "still fitting" lines while one head fits.
+HEARTBEAT_SECONDS = 60.0
+
+Progress = Callable[[str], None]
+
+
+def parse_anchor(text: str) -> Anchor:
+    """``"NAME=ACCURACY"`` -> :class:`Anchor` (the name may itself hold ``=``)."""
+    name, _, value = text.rpartition("=")
+    try:
+        accuracy = float(value)
+    except ValueError:
+        raise OptionError(f"--anchor takes NAME=ACCURACY, got {text!r}") from None
+    if not name.strip():
+        raise OptionError(f"--anchor takes NAME=ACCURACY, got {text!r}")
+    return Anchor(name.strip(), accuracy)
+
+
+@dataclass
+class ExperimentResult:
+    """What a sweep produced.
+
+    ``results``: every completed row, ranked by the selection rule (``best``, rank 1, is the
+    chosen row and the saved head); ``failures``: the fits that raised; ``notes`` and
+    ``warnings``: what the report says about the data and the comparisons; ``paths``: the
+    report's files; ``out_dir``: the report folder.
+    """
+
+    results: list[SweepResult]
+    data: SweepData
+    notes: list[str]
+    paths: dict[str, Path] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+    failures: list[FailedHead] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    out_dir: Path | None = None
+    scoring: str = "accuracy"
+
+    @property
+    def best(self) -> SweepResult:
+        """The chosen row (rank 1 by CV)."""
+        if not self.results:
+            raise HeadError("no row to choose: every fit failed")
+        return self.results[0]
+
+
+# ----------------------------------------------------------------------------- options
+def sweep_keywords(
+    *, scoring: str = "accuracy", class_weight: str | None = None, sweep: Callable | None = None
+) -> dict[str, Any]:
+    """The keyword arguments for ``run_sweep`` that the installed ``classifiers`` takes.
+
+    Raises:
+        OptionError: an unknown ``scoring`` or ``class_weight``.
+        HeadError: a non-default ``scoring`` or ``class_weight`` that this ``run_sweep`` does
+            not accept (checked before any work).
+    """
+    if scoring not in SCORINGS:
+        raise OptionError(f"--scoring must be one of {', '.join(SCORINGS)}; got {scoring!r}")
+    if class_weight is not None and class_weight not in CLASS_WEIGHTS:
+        raise OptionError(
+            f"--class-weight must be one of {', '.join(CLASS_WEIGHTS)}; got {class_weight!r}"
+        )
+    accepted = inspect.signature(sweep or run_sweep).parameters
+    out: dict[str, Any] = {}
+    for name, value, default in (
+        ("scoring", scoring, "accuracy"),
+        ("class_weight", class_weight, None),
+    ):
+        if name in accepted:
+            out[name] = value
+        elif value != default:
+            raise HeadError(
+                f"--{name.replace('_', '-')} {value}: the installed classifiers package's "
+                f"run_sweep has no {name} option (it scores by accuracy with unweighted "
+                f"classes); leave --{name.replace('_', '-')} out or update featurestore"
+            )
+    return out
+
+
+def default_out_dir(src: Source) -> Path:
+    """``report-<source name>`` in the current folder (``report-digits``,
+    ``report-hymenoptera_data``)."""
+    name = src.name.split(":", 1)[1] if src.name.startswith("builtin:") else Path(src.name).stem
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "sweep"
+    return Path(f"report-{slug}")
+
+
+# ----------------------------------------------------------------------------- fitting
+def _clock(seconds: float) -> str:
+    return f"{int(seconds // 60)}:{int(seconds % 60):02d}"
+
+
+@contextlib.contextmanager
+def _heartbeat(say: Progress | None, label: str, every: float | None) -> Iterator[None]:
+    """While the block runs, say "still fitting" every ``every`` seconds."""
+    if say is None or not every:
+        yield
+        return
+    stop = threading.Event()
+    start = time.perf_counter()
+
+    def beat() -> None:
+        while not stop.wait(every):
+            say(f"{label}: still fitting, {_clock(time.perf_counter() - start)} so far")
+
+    thread = threading.Thread(target=beat, name="sweep-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def _settings(head: str, use_grid: bool) -> int:
+    return math.prod(len(v) for v in get_head(head).grid.values()) if use_grid else 1
+
+
+def _one_line(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+
+
+def fit_heads(
+    data: SweepData,
+    heads: Sequence[str],
+    *,
+    cv: int = 5,
+    use_grid: bool = True,
+    seed: int = 0,
+    keywords: dict[str, Any] | None = None,
+    progress: Progress | None = None,
+    heartbeat: float | None = HEARTBEAT_SECONDS,
+) -> tuple[list[SweepResult], list[FailedHead]]:
+    """Fit every head on every feature set, one ``run_sweep`` call per pair, in sweep order.
+
+    A pair that raises (or that a newer ``run_sweep`` returns with an ``error``) becomes a
+    :class:`FailedHead` and the sweep goes on. ``progress`` gets a line when each pair starts
+    (its grid size) and ends (its time, CV and test scores, the sweep's elapsed time), and a
+    "still fitting" line every ``heartbeat`` seconds while one fits.
+    """
+    keywords = dict(keywords or {})
+    if "groups" in inspect.signature(run_sweep).parameters:
+        keywords["groups"] = [r.key for r in data.train_records]  # one image, one fold
+    say = progress or (lambda _: None)
+    label_of = scoring_label(keywords.get("scoring", "accuracy"))
+    cells = [(fs, head) for fs in data.feature_sets for head in heads]
+    width = len(str(len(cells)))
+    say(
+        f"fitting {len(heads)} head(s) on {len(data.feature_sets)} feature set(s): "
+        f"{len(cells)} fits, {len(data.train_records)} training images, {cv}-fold CV"
+    )
+    results: list[SweepResult] = []
+    failures: list[FailedHead] = []
+    started = time.perf_counter()
+    for i, (fs, head) in enumerate(cells, 1):
+        label = f"[{i:>{width}}/{len(cells)}] {fs.name} / {head}"
+        say(f"{label}: fitting {_settings(head, use_grid)} setting(s) x {cv}-fold CV")
+        t = time.perf_counter()
+        with _heartbeat(progress, label, heartbeat):
+            result, error = _fit_one(fs, head, cv, use_grid, seed, keywords)
+        seconds = time.perf_counter() - t
+        done = f"sweep {_clock(time.perf_counter() - started)} elapsed, {i}/{len(cells)} done"
+        if error is not None:
+            failures.append(FailedHead(fs.name, head, error, seconds))
+            log.warning("%s failed: %s", label, error)
+            say(f"{label}: FAILED after {seconds:.1f} s: {error} ({done})")
+            continue
+        results.append(result)
+        say(
+            f"{label}: done in {seconds:.1f} s: CV {label_of} {result.cv_score:.4f}, "
+            f"test accuracy {result.accuracy:.4f} ({done})"
+        )
+    return results, failures
+
+
+def _fit_one(
+    fs: FeatureSet, head: str, cv: int, use_grid: bool, seed: int, keywords: dict[str, Any]
+) -> tuple[SweepResult | None, str | None]:
+    try:
+        found = run_sweep(
+            [fs], heads=[head], cv=cv, use_grid=use_grid, random_state=seed, **keywords
+        )
+    except Exception as exc:  # noqa: BLE001 - one head's failure must not lose the others
+        return None, _one_line(exc)
+    if not found:
+        return None, "run_sweep returned no result"
+    error = getattr(found[0], "error", None)
+    return (None, str(error)) if error else (found[0], None)
+
+
+# ----------------------------------------------------------------------------- chosen head
+def head_card(best: SweepResult, data: SweepData, source: str) -> HeadCard:
+    """The sidecar metadata of ``best``: what it was trained on, in column order."""
+    return HeadCard(
+        feature_set=best.feature_set,
+        head=best.head,
+        params={k: repr(v) for k, v in best.best_params.items()},
+        class_names=list(data.class_names),
+        extractors=[ExtractorRecord.from_json(e) for e in best.provenance.get("extractors", [])],
+        pixels=best.provenance.get("pixels", {}).get("size"),
+        sweep={
+            "source": source,
+            "split": data.plan.description,
+            "selected_by": "cv",
+            "cv_score": best.cv_score,
+            "test_accuracy": best.accuracy,
+            "n_test": best.n_test,
+        },
+    )
+
+
+def _feature_set(data: SweepData, name: str) -> FeatureSet:
+    return next(fs for fs in data.feature_sets if fs.name == name)
+
+
+def chosen_head(
+    best: SweepResult, data: SweepData, *, cv: int, seed: int
+) -> tuple[Any, str | None]:
+    """``best``'s estimator with probabilities (the SVMs get a calibrator fitted on the
+    training split), or itself and the reason when that calibration cannot be fitted."""
+    fs = _feature_set(data, best.feature_set)
+    try:
+        return with_probabilities(
+            best.estimator, fs.X_train, fs.y_train, cv=cv, random_state=seed
+        ), None
+    except (ValueError, RuntimeError) as exc:
+        return best.estimator, (
+            f"the chosen head's probabilities could not be calibrated ({_one_line(exc)}); it "
+            "is saved without them"
+        )
+
+
+def evaluated_images(best: SweepResult, head: Any, data: SweepData) -> EvaluatedImages:
+    """The per-image report of ``best``: its predictions (the sweep's own) on every held-out
+    image, with the saved head's probabilities in ``class_names`` columns."""
+    fs = _feature_set(data, best.feature_set)
+    records = data.test_records
+    probabilities = None
+    try:
+        table = head.predict_proba(fs.X_test)
+    except AttributeError:
+        pass
+    else:
+        probabilities = np.zeros((len(records), len(data.class_names)))
+        probabilities[:, np.asarray(head.classes_, dtype=int)] = table
+    loader = data.source.loader if data.source is not None else None
+    return EvaluatedImages(
+        feature_set=best.feature_set,
+        head=best.head,
+        paths=[r.path for r in records],
+        keys=[r.key for r in records],
+        true=np.asarray(best.evaluation.y_true),
+        predicted=np.asarray(best.evaluation.y_pred),
+        class_names=list(data.class_names),
+        probabilities=probabilities,
+        load=None if loader is None else (lambda i: loader.load(records[i])),
+    )
+
+
+def data_facts(data: SweepData, source: str) -> DataFacts:
+    """What the report states about the data: split, class counts, skipped files."""
+    return DataFacts(
+        source=source,
+        split=data.plan.description,
+        class_names=list(data.class_names),
+        train_counts=data.class_counts("train"),
+        test_counts=data.class_counts("test"),
+        test_fraction=data.plan.test_fraction,
+        seed=data.plan.seed,
+        skipped=[(s.path, s.reason) for s in data.skipped],
+    )
+
+
+# ----------------------------------------------------------------------------- the sweep
+def _check(heads: Sequence[str] | None, cv: int) -> list[str]:
+    if isinstance(cv, bool) or not isinstance(cv, int) or cv < 2:
+        raise OptionError(f"--cv must be an integer of at least 2, got {cv!r}")
+    names = [h.name for h in list_heads()] if heads is None else list(dict.fromkeys(heads))
+    if not names:
+        raise OptionError("--heads is empty; leave it out for every head")
+    try:
+        for name in names:
+            get_head(name)
+    except ValueError as exc:
+        raise OptionError(str(exc)) from None
+    return names
+
+
+@dataclass(frozen=True)
+class SweepSettings:
+    """How the heads are fitted and chosen (the options of :func:`sweep_and_report`)."""
+
+    heads: tuple[str, ...]
+    cv: int = 5
+    use_grid: bool = True
+    seed: int = 0
+    scoring: str = "accuracy"
+    class_weight: str | None = None
+    keywords: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def make(
+        cls,
+        *,
+        heads: Sequence[str] | None = None,
+        cv: int = 5,
+        use_grid: bool = True,
+        seed: int = 0,
+        scoring: str = "accuracy",
+        class_weight: str | None = None,
+    ) -> SweepSettings:
+        """Checked settings; every option error is raised here, before any work."""
+        names = _check(heads, cv)
+        keywords = sweep_keywords(scoring=scoring, class_weight=class_weight)
+        return cls(tuple(names), cv, use_grid, seed, scoring, class_weight, keywords)
+
+
+def run_experiment(
+    source: str | Path | Source,
+    *,
+    out_dir: str | Path | None = None,
+    backbones: Sequence[str | ExtractorOptions] = (),
+    combos: Sequence[str | Sequence[str | ExtractorOptions]] = (),
+    pixels: bool = True,
+    pixel_size: int = 32,
+    heads: Sequence[str] | None = None,
+    cv: int = 5,
+    use_grid: bool = True,
+    train_split: str | None = None,
+    test_split: str | None = None,
+    test_fraction: float | None = None,
+    seed: int = 0,
+    scoring: str = "accuracy",
+    class_weight: str | None = None,
+    anchors: Sequence[Anchor] = (),
+    save_best: bool = True,
+    cache_dir: str | Path | None = None,
+    progress: Progress | None = None,
+    heartbeat: float | None = HEARTBEAT_SECONDS,
+    title: str | None = None,
+    extra_provenance: dict[str, Any] | None = None,
+    **options: Any,
+) -> ExperimentResult:
+    """Run a sweep on ``source`` end to end and write its report to ``out_dir``.
+
+    ``out_dir`` defaults to :func:`default_out_dir`. ``options``: the extractor options
+    (nodes, pooling, weights, input_size, precision, decode) shared by every backbone given by
+    name, and the run options of extraction (batch_size, workers, device). ``test_fraction``
+    and ``seed``: the hash split of a source without an evaluation split (``seed`` also seeds
+    the CV folds and the heads). ``scoring`` and ``class_weight`` go to ``run_sweep`` (refused
+    up front when the installed ``classifiers`` lacks them).
+
+    Selection is by cross-validation on the training split only; the held-out split is
+    evaluated once per row and never chooses. The chosen row (rank 1) is saved as
+    ``best_head.joblib`` (``save_best``) with ``predictions.csv`` and ``mistakes.png``.
+
+    Raises:
+        OptionError, HeadError: a bad option (before any work).
+        SourceError: a source that cannot be swept as asked (before any extraction).
+        OutputError: ``out_dir`` cannot hold a report (before any extraction), or writing it
+            failed (then a previous report there is unchanged).
+        HeadError: every fit failed (after writing the report that lists their errors).
+    """
+    settings = SweepSettings.make(
+        heads=heads,
+        cv=cv,
+        use_grid=use_grid,
+        seed=seed,
+        scoring=scoring,
+        class_weight=class_weight,
+    )
+    src = source if isinstance(source, Source) else open_source(source)
+    plan = plan_split(
+        src, train_split=train_split, test_split=test_split, test_fraction=test_fraction, seed=seed
+    )
+    out = Path(out_dir) if out_dir is not None else default_out_dir(src)
+    check_output(out)
+    t = time.perf_counter()
+    data = build_sweep_data(
+        src,
+        backbones=backbones,
+        combos=combos,
+        pixels=pixels,
+        pixel_size=pixel_size,
+        plan=plan,
+        cache_dir=cache_dir,
+        progress=progress is not None,
+        **options,
+    )
+    features = time.perf_counter() - t
+    outcome = sweep_and_report(
+        data,
+        out,
+        settings=settings,
+        source=str(source),
+        anchors=anchors,
+        save_best=save_best,
+        progress=progress,
+        heartbeat=heartbeat,
+        title=title,
+        extra_provenance=extra_provenance,
+    )
+    outcome.seconds["features"] = features
+    return outcome
+
+
+def sweep_and_report(
+    data: SweepData,
+    out: Path,
+    *,
+    settings: SweepSettings,
+    source: str,
+    anchors: Sequence[Anchor] = (),
+    save_best: bool = True,
+    progress: Progress | None = None,
+    heartbeat: float | None = HEARTBEAT_SECONDS,
+    title: str | None = None,
+    extra_provenance: dict[str, Any] | None = None,
+) -> ExperimentResult:
+    """Fit, choose and report on feature sets already built (the second half of
+    :func:`run_experiment`; ``out`` is checked before any fit)."""
+    out = Path(out)
+    check_output(out)
+    seconds: dict[str, float] = {}
+    t = time.perf_counter()
+    results, failures = fit_heads(
+        data,
+        settings.heads,
+        cv=settings.cv,
+        use_grid=settings.use_grid,
+        seed=settings.seed,
+        keywords=settings.keywords,
+        progress=progress,
+        heartbeat=heartbeat,
+    )
+    seconds["heads"] = time.perf_counter() - t
+    ranked = rank(results)
+    facts = data_facts(data, source)
+    warnings: list[str] = []
+    head = images = None
+    if ranked:
+        estimator, problem = chosen_head(ranked[0], data, cv=settings.cv, seed=settings.seed)
+        warnings += [problem] if problem else []
+        images = evaluated_images(ranked[0], estimator, data)
+        if save_best:
+            card = head_card(ranked[0], data, source)
+            # saved predicting class names (joblib.load(...).predict gives labels)
+            head = HeadToSave(labelled(estimator, card), card.to_json())
+    provenance = {
+        "source": source,
+        "split": data.plan.description,
+        "test_fraction": data.plan.test_fraction,
+        "seed": settings.seed,
+        "class_names": data.class_names,
+        "cv_folds": settings.cv,
+        "grid": settings.use_grid,
+        "scoring": settings.scoring,
+        "class_weight": settings.class_weight,
+        "run_sweep_options": sorted(settings.keywords),
+        **(extra_provenance or {}),
+    }
+    t = time.perf_counter()
+    paths = write_report(
+        ranked,
+        out,
+        title=title or f"featurestore sweep: {source}",
+        provenance=provenance,
+        warnings=warnings,
+        facts=facts,
+        anchors=anchors,
+        failures=failures,
+        scoring=settings.scoring,
+        images=images,
+        head=head,
+    )
+    seconds["report"] = time.perf_counter() - t
+    if not ranked:
+        raise HeadError(
+            f"every fit failed ({len(failures)}), e.g. {failures[0].feature_set} / "
+            f"{failures[0].head}: {failures[0].error}; their errors are in {paths['markdown']}"
+        )
+    all_warnings, notes = collect(
+        ranked, facts=facts, anchors=anchors, n_failed=len(failures), warnings=warnings
+    )
+    return ExperimentResult(
+        results=ranked,
+        data=data,
+        notes=notes,
+        paths=paths,
+        seconds=seconds,
+        failures=failures,
+        warnings=all_warnings,
+        out_dir=out,
+        scoring=settings.scoring,
+    )
