@@ -5,24 +5,40 @@ predict on machines without torch. Reports and saved heads are the application's
 (``featurestore.report``, ``featurestore.headfile``).
 """
 
+from classifiers.folds import FoldPlan, plan_folds
 from classifiers.heads import HEADS, HeadSpec, get_head, list_heads
-from classifiers.metrics import Evaluation, evaluate, roc_points, scores_for
+from classifiers.linear import LinearHead, LinearHeadCV
+from classifiers.metrics import Evaluation, evaluate, roc_points, scores_for, wilson_interval
 from classifiers.split import hash_unit, stratified_hash_split
-from classifiers.sweep import FeatureSet, SweepResult, rank_key, run_sweep
+from classifiers.sweep import (
+    FeatureSet,
+    HeadFailure,
+    SweepResult,
+    SweepResults,
+    rank_key,
+    run_sweep,
+)
 
 __all__ = [
     "HEADS",
     "Evaluation",
     "FeatureSet",
+    "FoldPlan",
+    "HeadFailure",
     "HeadSpec",
+    "LinearHead",
+    "LinearHeadCV",
     "SweepResult",
+    "SweepResults",
     "evaluate",
     "get_head",
     "hash_unit",
     "list_heads",
+    "plan_folds",
     "rank_key",
     "roc_points",
     "run_sweep",
     "scores_for",
     "stratified_hash_split",
+    "wilson_interval",
 ]

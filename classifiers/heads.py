@@ -3,12 +3,14 @@
 A *head* is an ordinary scikit-learn estimator (always a :class:`~sklearn.pipeline.Pipeline`
 whose last step is named ``"clf"``), so ``Pipeline``, ``GridSearchCV``, ``cross_validate`` and
 ``clone`` accept it. Each :class:`HeadSpec` pairs a builder (a fresh, unfitted estimator per
-call) with a small hyperparameter grid whose keys are in ``step__param`` form, ready to pass to
-``GridSearchCV(param_grid=...)``.
+call) with how its hyperparameters are chosen:
 
-The grids are deliberately small (3 to 6 points): the whole registry, every grid point, 5-fold
-CV plus a refit, runs on 2,000 x 1,280 float32 features in well under a minute on two CPU cores
-(see ``benchmarks/sweep_speed.py``).
+- ``search="grid"``: a small grid in ``step__param`` form, for ``GridSearchCV(param_grid=...)``;
+- ``search="internal"``: the last step searches itself by cross-validation (the linear heads,
+  :class:`classifiers.linear.LinearHeadCV`: a wide path of C solved as one batched problem, every
+  CV fold at once). Its ``grid`` is the one point ``{"clf__Cs": [the path]}``, so
+  ``GridSearchCV(param_grid=spec.grid)`` still runs it (nested); the sweep instead hands it the
+  folds and reads ``best_params_``, ``best_score_`` and ``cv_results_``.
 
 Heads that do not expose ``predict_proba`` (``linear_svm``, ``rbf_svm``) are scored for ROC
 curves with ``decision_function``; :func:`classifiers.metrics.scores_for` picks the right one.
@@ -16,24 +18,56 @@ curves with ``decision_function``; :func:`classifiers.metrics.scores_for` picks 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sklearn.base import BaseEstimator
-from sklearn.linear_model import LogisticRegression
-from sklearn.naive_bayes import GaussianNB
-from sklearn.neighbors import KNeighborsClassifier
-from sklearn.neural_network import MLPClassifier
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
-from sklearn.svm import SVC, LinearSVC
+from sklearn.svm import LinearSVC
 from sklearn.utils import check_array
 
-__all__ = ["HEADS", "HeadSpec", "ShapeDualLinearSVC", "get_head", "list_heads"]
+from classifiers.bayes import GaussianNBHead
+from classifiers.kernel import RBFSVMHeadCV
+from classifiers.linear import DEFAULT_CS, LinearHeadCV
+from classifiers.mlp import MLPHeadCV
+from classifiers.neighbors import KNeighborsHeadCV
+
+__all__ = [
+    "HEADS",
+    "FoldShape",
+    "HeadSpec",
+    "ShapeDualLinearSVC",
+    "get_head",
+    "list_heads",
+]
 
 #: Seed given to every estimator that takes a ``random_state``.
 RANDOM_STATE = 0
+
+
+@dataclass(frozen=True)
+class FoldShape:
+    """What a grid may need to know about the CV folds it will be fitted on.
+
+    Attributes:
+        n_classes: Classes in the training split.
+        min_train_rows: Rows in the smallest CV training part (the smallest fit of the search).
+        min_class_rows: Rows of the rarest class in any CV training part.
+        n_features: Columns of the rows.
+    """
+
+    n_classes: int
+    min_train_rows: int
+    min_class_rows: int
+    n_features: int
+
+
+#: ``adapt(grid, shape) -> (grid, notes)``: the grid points that can work on these folds, and
+#: a note for every point dropped or changed.
+Adapter = Callable[[dict[str, list], FoldShape], tuple[dict[str, list], list[str]]]
 
 
 @dataclass(frozen=True)
@@ -47,12 +81,34 @@ class HeadSpec:
         grid: Hyperparameter grid, keys in ``step__param`` form (``"clf__C"``); usable directly
             as ``GridSearchCV(param_grid=spec.grid)``. Treat it as read-only; copy before
             changing it.
+        search: ``"grid"`` (the sweep runs ``GridSearchCV`` over ``grid``) or ``"internal"``
+            (the ``clf`` step searches itself: it takes ``cv`` and ``scoring`` parameters and
+            exposes ``best_params_``, ``best_score_`` and ``cv_results_``).
+        defaults: Parameters the sweep sets when it runs without a search (``use_grid=False``)
+            on an internal-search head: its single default point.
+            An internal-search head's ``grid`` holds one point whose values are its search
+            lists (``{"clf__n_neighbors": [(1, 5, 15)]}``); ``adapt`` sees those lists.
+        class_weight: How the head takes ``class_weight="balanced"``: ``"param"`` (its ``clf``
+            step has a ``class_weight`` parameter), ``"sample_weight"`` (balanced weights go to
+            ``fit`` as ``clf__sample_weight``; for naive Bayes that is exactly equal class
+            priors), or ``None`` (not supported; the sweep says so in the result's notes).
+        regularization: The parameter that sets the regularisation strength, if any (reported
+            as the chosen regularisation).
+        adapt: Fits the grid to the folds (e.g. no more neighbours than rows); ``None`` keeps it.
+        limits: Per grid key, the natural (lowest, highest) value (``None`` = unbounded): a
+            chosen value there is not reported as lying on the grid's edge.
     """
 
     name: str
     description: str
     build: Callable[[], BaseEstimator]
     grid: dict[str, list]
+    search: str = "grid"
+    defaults: dict[str, Any] = field(default_factory=dict)
+    class_weight: str | None = None
+    regularization: str | None = None
+    adapt: Adapter | None = None
+    limits: dict[str, tuple[Any, Any]] = field(default_factory=dict)
 
 
 def _scaled(clf: BaseEstimator) -> Pipeline:
@@ -98,91 +154,153 @@ class ShapeDualLinearSVC(LinearSVC):
         return self
 
 
+def _linear_head(loss: str) -> Pipeline:
+    return _scaled(LinearHeadCV(loss, random_state=RANDOM_STATE))
+
+
 def _linear_svm() -> Pipeline:
-    # C=1e-3: the middle of the grid. LinearSVC's own default, C=1, does not converge within
-    # 5,000 iterations on 10,000 x 2,048 standardised rows (120 s).
-    return _scaled(
-        ShapeDualLinearSVC(C=1e-3, dual="auto", max_iter=5000, random_state=RANDOM_STATE)
-    )
+    return _linear_head("squared_hinge")
+
+
+def _logreg() -> Pipeline:
+    return _linear_head("log_loss")
 
 
 def _rbf_svm() -> Pipeline:
-    # No probability calibration (an extra internal 5-fold CV); ROC uses decision_function.
-    return _scaled(SVC(kernel="rbf", gamma="scale", random_state=RANDOM_STATE))
+    # Standardises each fold itself. No probability calibration (an extra internal 5-fold CV);
+    # ROC uses decision_function.
+    return Pipeline([("clf", RBFSVMHeadCV(random_state=RANDOM_STATE))])
 
 
 def _gaussian_nb() -> Pipeline:
     # Naive Bayes models each feature's own variance: scaling would not change it.
-    return Pipeline([("clf", GaussianNB())])
-
-
-def _logreg() -> Pipeline:
-    return _scaled(LogisticRegression(solver="lbfgs", max_iter=3000, random_state=RANDOM_STATE))
+    return Pipeline([("clf", GaussianNBHead())])
 
 
 def _mlp() -> Pipeline:
-    return _scaled(
-        MLPClassifier(
-            hidden_layer_sizes=(256,),
-            # 3e-3 rather than adam's 1e-3: about 40% fewer epochs to the early stop at the
-            # same accuracy on 1280-d standardised features (benchmarks/sweep_speed.py).
-            learning_rate_init=3e-3,
-            early_stopping=True,
-            validation_fraction=0.1,
-            n_iter_no_change=10,
-            max_iter=200,
-            random_state=RANDOM_STATE,
-        )
-    )
+    # 256 ReLU units, Adam at 3e-3 (rather than 1e-3: about 40% fewer epochs to the early stop
+    # at the same accuracy on 1280-d standardised features), early stopping on 10% of each
+    # fit's rows; standardises (and reduces to 512 principal directions) each fold itself.
+    return Pipeline([("clf", MLPHeadCV(random_state=RANDOM_STATE))])
 
 
 def _knn() -> Pipeline:
-    return _scaled(KNeighborsClassifier(n_neighbors=5, weights="distance", algorithm="brute"))
+    # Standardises each CV fold with its own training rows itself (no scaler step in front).
+    return Pipeline([("clf", KNeighborsHeadCV(random_state=RANDOM_STATE))])
+
+
+def _fewer_neighbours(grid: dict[str, list], shape: FoldShape) -> tuple[dict[str, list], list[str]]:
+    """kNN cannot ask for more neighbours than the smallest CV training part has rows."""
+    key = "clf__n_neighbors"
+    values = grid.get(key)
+    if not values:
+        return grid, []
+    fits = [k for k in values if k <= shape.min_train_rows]
+    if len(fits) == len(values):
+        return grid, []
+    dropped = [k for k in values if k > shape.min_train_rows]
+    kept = fits or [shape.min_train_rows]
+    note = (
+        f"n_neighbors {dropped} dropped from the grid: the smallest CV training part has "
+        f"{shape.min_train_rows} rows"
+        + ("" if fits else f"; n_neighbors={shape.min_train_rows} used instead")
+    )
+    return {**grid, key: kept}, [note]
+
+
+def _early_stopping_fits(
+    grid: dict[str, list], shape: FoldShape
+) -> tuple[dict[str, list], list[str]]:
+    """Early stopping holds out a stratified 10% of each fit's rows: it needs a row of every
+    class there and two rows of every class in the fit."""
+    held_out = math.ceil(0.1 * shape.min_train_rows)
+    if held_out >= shape.n_classes and shape.min_class_rows >= 2:
+        return grid, []
+    note = (
+        f"early stopping off: the 10% validation part of the smallest CV training part "
+        f"({shape.min_train_rows} rows, rarest class {shape.min_class_rows}) cannot hold every "
+        f"one of the {shape.n_classes} classes"
+    )
+    return {**grid, "clf__early_stopping": [False]}, [note]
 
 
 _SPECS = (
     HeadSpec(
         name="linear_svm",
         description=(
-            "Linear SVM (LinearSVC, squared hinge, one-vs-rest, solver by shape) on "
-            "standardised features"
+            "Linear SVM (squared hinge, one-vs-rest, L2) on standardised features; C chosen by "
+            "its own CV over 1e-6..1e6, every fold and class solved as one batched problem"
         ),
         build=_linear_svm,
-        # Standardised 1280-d features are nearly separable: small C (strong regularisation)
-        # usually wins, and large C only slows the solver down.
-        grid={"clf__C": [1e-4, 1e-3, 1e-2]},
+        grid={"clf__Cs": [DEFAULT_CS]},
+        search="internal",
+        # The previous default (LinearSVC at C=1e-3, the middle of its old grid).
+        defaults={"clf__Cs": [1e-3], "clf__refine": 0},
+        class_weight="param",
+        regularization="clf__C",
     ),
     HeadSpec(
         name="rbf_svm",
-        description="RBF-kernel SVM (SVC, gamma='scale') on standardised features",
+        description=(
+            "RBF-kernel SVM (SVC, one-vs-one, gamma='scale') on standardised features, "
+            "fitted through one precomputed kernel per fold; C in 1, 10, 100"
+        ),
         build=_rbf_svm,
-        grid={"clf__C": [1.0, 10.0, 100.0]},
+        grid={"clf__Cs": [(1.0, 10.0, 100.0)]},
+        search="internal",
+        defaults={"clf__Cs": (1.0,)},  # SVC's default C
+        class_weight="param",
+        regularization="clf__C",
     ),
     HeadSpec(
         name="gaussian_nb",
-        description="Gaussian naive Bayes on raw features",
+        description="Gaussian naive Bayes on raw features (class scores as matrix products)",
         build=_gaussian_nb,
         # var_smoothing adds a fraction of the largest feature variance to every variance.
         grid={"clf__var_smoothing": [1e-9, 1e-6, 1e-3, 1e-1]},
+        class_weight="sample_weight",
+        regularization="clf__var_smoothing",
     ),
     HeadSpec(
         name="logreg",
-        description="Multinomial logistic regression (L2, lbfgs) on standardised features",
+        description=(
+            "Multinomial logistic regression (L2) on standardised features; C chosen by its "
+            "own CV over 1e-6..1e6, every fold solved as one batched problem"
+        ),
         build=_logreg,
-        grid={"clf__C": [1e-3, 1e-2, 1e-1]},
+        grid={"clf__Cs": [DEFAULT_CS]},
+        search="internal",
+        defaults={"clf__Cs": [1.0], "clf__refine": 0},  # LogisticRegression's default C
+        class_weight="param",
+        regularization="clf__C",
     ),
     HeadSpec(
         name="mlp",
-        description="MLP, one hidden layer of 256 ReLU units, adam, early stopping",
+        description=(
+            "MLP, one hidden layer of 256 ReLU units, adam, early stopping; alpha (L2) in "
+            "1e-4, 1e-2, 1 chosen with every fold and alpha trained as one batch"
+        ),
         build=_mlp,
-        # alpha is the L2 penalty.
-        grid={"clf__alpha": [1e-4, 1e-2, 1.0]},
+        grid={"clf__alphas": [(1e-4, 1e-2, 1.0)]},
+        search="internal",
+        defaults={"clf__alphas": (1e-4,)},  # MLPClassifier's default alpha
+        class_weight="sample_weight",
+        regularization="clf__alpha",
+        adapt=_early_stopping_fits,
     ),
     HeadSpec(
         name="knn",
-        description="k-nearest neighbours (distance-weighted) on standardised features",
+        description=(
+            "k-nearest neighbours (distance-weighted) on standardised features; k in 1, 5, 15 "
+            "and the metric (euclidean, cosine) chosen by its own CV from one distance pass "
+            "per fold"
+        ),
         build=_knn,
-        grid={"clf__n_neighbors": [1, 5, 15], "clf__metric": ["euclidean", "cosine"]},
+        grid={"clf__n_neighbors": [(1, 5, 15)], "clf__metrics": [("euclidean", "cosine")]},
+        search="internal",
+        defaults={"clf__n_neighbors": (5,), "clf__metrics": ("euclidean",)},
+        adapt=_fewer_neighbours,
+        limits={"clf__n_neighbors": (1, None)},
     ),
 )
 

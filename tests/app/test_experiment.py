@@ -158,9 +158,9 @@ def _settings(**kw) -> SweepSettings:
 
 def test_the_saved_head_is_the_cv_choice_not_the_test_best(tmp_path: Path) -> None:
     data = cv_vs_test()
-    # today's run_sweep itself orders by test accuracy: the experiment must not follow it
-    by_test = run_sweep(data.feature_sets, heads=["gaussian_nb", "logreg"], cv=3, use_grid=False)
-    assert by_test[0].feature_set == "honest"
+    # run_sweep orders by CV score on the training split too (it once ordered by test accuracy)
+    by_cv = run_sweep(data.feature_sets, heads=["gaussian_nb", "logreg"], cv=3, use_grid=False)
+    assert by_cv[0].feature_set == "shifted"
     out = sweep_and_report(data, tmp_path / "r", settings=_settings(use_grid=False), source="x")
     top_test = max(out.results, key=lambda r: r.accuracy)
     top_cv = max(out.results, key=lambda r: r.cv_score)
@@ -278,7 +278,14 @@ def test_scoring_class_weight_and_groups_reach_a_run_sweep_that_takes_them(
     ):
         seen.append((scoring, class_weight, list(groups), random_state))
         return run_sweep(
-            feature_sets, heads=heads, cv=cv, use_grid=use_grid, random_state=random_state
+            feature_sets,
+            heads=heads,
+            cv=cv,
+            use_grid=use_grid,
+            random_state=random_state,
+            scoring=scoring,
+            class_weight=class_weight,
+            groups=groups,
         )
 
     monkeypatch.setattr(experiment, "run_sweep", newer)

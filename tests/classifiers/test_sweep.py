@@ -7,7 +7,6 @@ from typing import ClassVar
 import numpy as np
 import pytest
 from sklearn.base import BaseEstimator, ClassifierMixin
-from sklearn.datasets import make_classification
 from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 from sklearn.pipeline import Pipeline
 from threadpoolctl import threadpool_info
@@ -20,52 +19,17 @@ from classifiers.sweep import FeatureSet, SweepResult, rank_key, run_sweep
 FAST = ["gaussian_nb", "logreg", "knn"]
 
 
-def _feature_set(
-    name: str = "good", *, n_classes: int = 3, class_sep: float = 2.5, seed: int = 0
-) -> FeatureSet:
-    X, y = make_classification(
-        n_samples=240,
-        n_features=20,
-        n_informative=8,
-        n_redundant=2,
-        n_classes=n_classes,
-        n_clusters_per_class=1,
-        class_sep=class_sep,
-        random_state=seed,
-    )
-    X = X.astype(np.float32)
-    test = np.arange(len(y)) % 4 == 0
-    return FeatureSet(
-        name=name,
-        X_train=X[~test],
-        y_train=y[~test],
-        X_test=X[test],
-        y_test=y[test],
-        class_names=[f"c{i}" for i in range(n_classes)],
-        provenance={"source": "make_classification", "seed": seed},
-    )
-
-
-def _replace(fs: FeatureSet, **changes) -> FeatureSet:
-    fields = {k: getattr(fs, k) for k in FeatureSet.__dataclass_fields__}
-    return FeatureSet(**{**fields, **changes})
-
-
-@pytest.fixture(scope="module")
-def good() -> FeatureSet:
-    return _feature_set()
-
-
-def test_sweep_covers_every_pair_and_ranks_best_first(good: FeatureSet) -> None:
-    noisy = _feature_set("noisy", class_sep=0.3, seed=1)
+def test_sweep_covers_every_pair_and_ranks_best_first(good: FeatureSet, make_feature_set) -> None:
+    noisy = make_feature_set("noisy", class_sep=0.3, seed=1)
     results = run_sweep([noisy, good], heads=FAST, cv=3)
     assert len(results) == 6
     assert {(r.feature_set, r.head) for r in results} == {
         (fs, h) for fs in ("good", "noisy") for h in FAST
     }
     assert results == sorted(results, key=rank_key)
-    accuracies = [r.accuracy for r in results]
-    assert accuracies == sorted(accuracies, reverse=True)
+    # Ordered by CV score (training split only), no longer by test accuracy (issue B).
+    cv_scores = [r.cv_score for r in results]
+    assert cv_scores == sorted(cv_scores, reverse=True)
     by_set = {fs: [r for r in results if r.feature_set == fs] for fs in ("good", "noisy")}
     assert min(r.accuracy for r in by_set["good"]) >= 0.9
     assert max(r.accuracy for r in by_set["noisy"]) < min(r.accuracy for r in by_set["good"])
@@ -74,9 +38,14 @@ def test_sweep_covers_every_pair_and_ranks_best_first(good: FeatureSet) -> None:
         assert (r.n_train, r.n_test, r.n_features) == (180, 60, 20)
         assert r.cv_folds == 3 and r.cv_note is None
         assert r.fit_seconds > 0 and r.predict_seconds > 0
-        grid = heads_module.get_head(r.head).grid
-        assert r.best_params.keys() == grid.keys()
-        assert all(r.best_params[k] in grid[k] for k in grid)
+        spec = heads_module.get_head(r.head)
+        # The chosen point is one of the points searched (the head's own search or its grid).
+        assert r.best_params in [point["params"] for point in r.search]
+        if spec.search == "grid":
+            assert r.best_params.keys() == spec.grid.keys()
+            assert all(r.best_params[k] in spec.grid[k] for k in spec.grid)
+        assert r.cv_score == pytest.approx(np.mean(r.cv_fold_scores))
+        assert r.cv_std == pytest.approx(np.std(r.cv_fold_scores))
         fs = good if r.feature_set == "good" else noisy
         # The stored evaluation is the refitted best estimator on the test split.
         pred = r.estimator.predict(fs.X_test)
@@ -127,7 +96,8 @@ def spy_head(monkeypatch):
 
 
 def test_test_rows_never_reach_fit(good: FeatureSet, spy_head) -> None:
-    (result,) = run_sweep([good], heads=["spy"], cv=4, random_state=3)
+    # n_jobs=1: the spy records its fits in this process.
+    (result,) = run_sweep([good], heads=["spy"], cv=4, random_state=3, n_jobs=1)
     # 3 grid points x 4 folds, plus the refit on the whole training split.
     assert len(SpyCentroid.fitted_on) == 3 * 4 + 1
     train_rows = {row.tobytes() for row in good.X_train}
@@ -141,17 +111,25 @@ def test_test_rows_never_reach_fit(good: FeatureSet, spy_head) -> None:
     assert set(SpyCentroid.threads) == {1}  # BLAS/OpenMP pools limited while fitting
 
 
+def test_grid_search_runs_in_this_process_by_default(good: FeatureSet, spy_head) -> None:
+    """Worker processes cost seconds to start; the grid heads fit in milliseconds."""
+    run_sweep([good], heads=["spy"], cv=3)
+    assert len(SpyCentroid.fitted_on) == 3 * 3 + 1  # every fit seen here, none in a worker
+
+
 def test_blas_threads_none_leaves_the_pools_alone(good: FeatureSet, spy_head) -> None:
     outside = max(p["num_threads"] for p in threadpool_info())
-    run_sweep([good], heads=["spy"], cv=2, blas_threads=None)
+    run_sweep([good], heads=["spy"], cv=2, blas_threads=None, n_jobs=1)
     assert set(SpyCentroid.threads) == {outside}
 
 
 @pytest.mark.parametrize("head", ["spy", "logreg", "knn"])
-def test_selection_ignores_the_test_split(good: FeatureSet, spy_head, head: str) -> None:
+def test_selection_ignores_the_test_split(
+    replace_fs, good: FeatureSet, spy_head, head: str
+) -> None:
     (clean,) = run_sweep([good], heads=[head], cv=3)
     rng = np.random.default_rng(0)
-    corrupted = _replace(
+    corrupted = replace_fs(
         good,
         X_test=rng.normal(size=good.X_test.shape).astype(np.float32),
         y_test=rng.permutation(good.y_test),
@@ -167,19 +145,21 @@ def test_selection_ignores_the_test_split(good: FeatureSet, spy_head, head: str)
     assert dirty.accuracy < clean.accuracy - 0.3
 
 
-def test_folds_shrink_for_small_classes_and_say_so(good: FeatureSet) -> None:
+def test_folds_shrink_for_small_classes_and_say_so(replace_fs, good: FeatureSet) -> None:
     keep = np.ones(len(good.y_train), dtype=bool)
     keep[np.flatnonzero(good.y_train == 2)[3:]] = False  # class c2 keeps 3 training items
-    small = _replace(good, X_train=good.X_train[keep], y_train=good.y_train[keep])
+    small = replace_fs(good, X_train=good.X_train[keep], y_train=good.y_train[keep])
     (result,) = run_sweep([small], heads=["gaussian_nb"], cv=5)
     assert result.cv_folds == 3
     assert "reduced from 5 to 3" in result.cv_note and "'c2'" in result.cv_note
 
 
-def test_a_class_with_one_training_item_is_refused_before_any_fit(good, spy_head) -> None:
+def test_a_class_with_one_training_item_is_refused_before_any_fit(
+    replace_fs, good, spy_head
+) -> None:
     keep = np.ones(len(good.y_train), dtype=bool)
     keep[np.flatnonzero(good.y_train == 1)[1:]] = False
-    tiny = _replace(good, name="tiny", X_train=good.X_train[keep], y_train=good.y_train[keep])
+    tiny = replace_fs(good, name="tiny", X_train=good.X_train[keep], y_train=good.y_train[keep])
     with pytest.raises(ValueError, match="class 'c1' has 1 training item"):
         run_sweep([good, tiny], heads=["spy"])
     assert SpyCentroid.fitted_on == []  # validated up front, nothing fitted
@@ -187,7 +167,9 @@ def test_a_class_with_one_training_item_is_refused_before_any_fit(good, spy_head
 
 def test_use_grid_false_cross_validates_the_defaults(good: FeatureSet) -> None:
     (result,) = run_sweep([good], heads=["logreg"], cv=3, use_grid=False)
-    assert result.best_params == {}
+    # The linear heads report the C they used (LogisticRegression's default without a search).
+    assert result.best_params == {"clf__C": 1.0}
+    assert [point["params"] for point in result.search] == [{"clf__C": 1.0}]
     assert 0.85 <= result.cv_score <= 1.0
 
 
@@ -195,9 +177,13 @@ def test_sweep_is_deterministic_and_reports_progress(good: FeatureSet) -> None:
     lines: list[str] = []
     first = run_sweep([good], heads=["knn", "gaussian_nb"], cv=3, progress=lines.append)
     second = run_sweep([good], heads=["knn", "gaussian_nb"], cv=3)
-    assert [(r.head, r.cv_score, r.best_params) for r in first] == [
-        (r.head, r.cv_score, r.best_params) for r in second
-    ]
+
+    # Every cell is the same; the order of results whose CV score and spread tie exactly
+    # follows their fit time (rank_key), which the clock decides, so cells are compared by name.
+    def cells(results):
+        return {r.head: (r.cv_score, r.cv_std, r.best_params, r.accuracy) for r in results}
+
+    assert cells(first) == cells(second)
     assert len(lines) == 4 and lines[0].startswith("[1/2]")
 
 
@@ -222,15 +208,15 @@ def test_duplicate_and_missing_feature_sets_are_rejected(good: FeatureSet) -> No
         run_sweep([], heads=["gaussian_nb"])
 
 
-def test_feature_set_validates_its_arrays(good: FeatureSet) -> None:
+def test_feature_set_validates_its_arrays(replace_fs, good: FeatureSet) -> None:
     with pytest.raises(ValueError, match="one label per row"):
-        _replace(good, y_train=good.y_train[:-1])
+        replace_fs(good, y_train=good.y_train[:-1])
     with pytest.raises(ValueError, match="X_train has 20 features but X_test has 19"):
-        _replace(good, X_test=good.X_test[:, :19])
+        replace_fs(good, X_test=good.X_test[:, :19])
     with pytest.raises(ValueError, match="integer class indices"):
-        _replace(good, y_test=good.y_test.astype(float))
+        replace_fs(good, y_test=good.y_test.astype(float))
     with pytest.raises(ValueError, match=r"values must be in 0\.\.2"):
-        _replace(good, y_test=good.y_test + 1)
+        replace_fs(good, y_test=good.y_test + 1)
 
 
 @pytest.mark.parametrize("head", ["logreg", "linear_svm"])
@@ -257,8 +243,8 @@ def test_evaluate_matches_scikit_learn(good: FeatureSet, head: str) -> None:
     np.testing.assert_array_equal(ev.y_pred, pred)
 
 
-def test_evaluate_binary_and_uncomputable_auc() -> None:
-    fs = _feature_set("bin", n_classes=2)
+def test_evaluate_binary_and_uncomputable_auc(make_feature_set) -> None:
+    fs = make_feature_set("bin", n_classes=2)
     estimator = heads_module.get_head("rbf_svm").build().fit(fs.X_train, fs.y_train)
     ev = evaluate(estimator, fs.X_test, fs.y_test, class_names=fs.class_names)
     assert ev.summary["score_kind"] == "decision_function"
