@@ -26,8 +26,8 @@ def results():
     return run_sweep([fs], heads=["gaussian_nb", "logreg"], cv=3, use_grid=False)
 
 
-def _write(results, out: Path) -> dict[str, Path]:
-    return write_report(results, out, title="t", provenance={})
+def _write(results, out: Path, title: str = "t") -> dict[str, Path]:
+    return write_report(results, out, title=title, provenance={})
 
 
 def _tree(root: Path) -> dict[str, bytes]:
@@ -39,10 +39,13 @@ def test_a_new_report_replaces_the_previous_one_whole(results, tmp_path: Path) -
     _write(results, out)
     (out / "stale.png").write_bytes(b"from an older run")
     before = (out / "leaderboard.json").read_bytes()
-    paths = _write(results, out)
+    paths = _write(results, out, title="second run")
     assert not (out / "stale.png").exists()  # nothing of the old run mixes into the new one
     assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in paths.values())
-    assert (out / "leaderboard.json").read_bytes() != before  # a new "created" time
+    # the new run's files, not the old ones (the title differs: the "created" time has a
+    # resolution of one second, and two runs can fall in the same second)
+    assert (out / "leaderboard.json").read_bytes() != before
+    assert b"second run" in (out / "leaderboard.json").read_bytes()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report"]  # no leftovers beside it
 
 
