@@ -32,6 +32,22 @@ import torch
 from featurestore import runtime
 from featurestore.store import verify
 
+
+@pytest.fixture(autouse=True)
+def _ctrl_c_reaches_python() -> Any:
+    """Python's Ctrl-C handler in force for each test, as in a terminal. A test run started as
+    a background job of a shell without job control inherits SIGINT ignored (POSIX), Python
+    then keeps it ignored, and so would the CLI children (an ignored signal survives exec):
+    every Ctrl-C below would be lost. A handler (not an ignore) is reset to the default at
+    exec, so the children get Python's own again."""
+    saved = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, saved)
+
+
 pytestmark = pytest.mark.skipif(
     not Path("/proc/self/stat").exists(), reason="finds processes by pid in Linux /proc"
 )
