@@ -24,6 +24,7 @@ from sklearn.svm import SVC
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 
+from classifiers.cv_table import store_search
 from classifiers.linear import SCORERS, _splits, default_n_jobs
 
 __all__ = ["RBFSVMHead", "RBFSVMHeadCV"]
@@ -240,24 +241,7 @@ class RBFSVMHeadCV(ClassifierMixin, BaseEstimator):
         return self
 
     def _store(self, Cs: list[float], table: np.ndarray, best: int) -> None:
-        means, stds = table.mean(axis=1), table.std(axis=1)
-        order = sorted(range(len(Cs)), key=lambda i: (-means[i], i))
-        ranks = np.empty(len(Cs), dtype=np.int64)
-        ranks[order] = np.arange(1, len(Cs) + 1)
-        results: dict[str, Any] = {
-            "param_C": np.array(Cs),
-            "params": [{"C": c} for c in Cs],
-            "mean_test_score": means,
-            "std_test_score": stds,
-            "rank_test_score": ranks,
-        }
-        for f in range(table.shape[1]):
-            results[f"split{f}_test_score"] = table[:, f]
-        self.cv_results_ = results
-        self.best_index_ = best
-        self.best_params_ = {"C": Cs[best]}
-        self.best_score_ = float(means[best])
-        self.n_splits_ = table.shape[1]
+        store_search(self, [{"C": c} for c in Cs], table, best)
 
     def decision_function(self, X: Any) -> np.ndarray:
         """Decision values of the refit."""

@@ -28,6 +28,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 
+from classifiers.cv_table import store_search
 from classifiers.linear import SCORERS, _Session, _splits
 
 __all__ = ["MLPHead", "MLPHeadCV"]
@@ -588,24 +589,7 @@ class MLPHeadCV(_MLPParams, ClassifierMixin, BaseEstimator):
         return self
 
     def _store(self, alphas: list[float], table: np.ndarray, best: int) -> None:
-        means, stds = table.mean(axis=1), table.std(axis=1)
-        order = sorted(range(len(alphas)), key=lambda i: (-means[i], i))
-        ranks = np.empty(len(alphas), dtype=np.int64)
-        ranks[order] = np.arange(1, len(alphas) + 1)
-        results: dict[str, Any] = {
-            "param_alpha": np.array(alphas),
-            "params": [{"alpha": a} for a in alphas],
-            "mean_test_score": means,
-            "std_test_score": stds,
-            "rank_test_score": ranks,
-        }
-        for f in range(table.shape[1]):
-            results[f"split{f}_test_score"] = table[:, f]
-        self.cv_results_ = results
-        self.best_index_ = best
-        self.best_params_ = {"alpha": alphas[best]}
-        self.best_score_ = float(means[best])
-        self.n_splits_ = table.shape[1]
+        store_search(self, [{"alpha": a} for a in alphas], table, best)
 
     def predict_proba(self, X: Any) -> np.ndarray:
         """Class probabilities of the refit."""

@@ -24,6 +24,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from classifiers.cv_table import store_search
 from classifiers.linear import SCORERS, _Session, _splits
 
 __all__ = ["METRICS", "KNeighborsHeadCV"]
@@ -188,25 +189,8 @@ class KNeighborsHeadCV(ClassifierMixin, BaseEstimator):
         return ((part.double() - mean) / std).float()
 
     def _store(self, points: list[tuple[int, str]], table: np.ndarray, best: int) -> None:
-        means, stds = table.mean(axis=1), table.std(axis=1)
-        order = sorted(range(len(points)), key=lambda i: (-means[i], i))
-        ranks = np.empty(len(points), dtype=np.int64)
-        ranks[order] = np.arange(1, len(points) + 1)
-        results: dict[str, Any] = {
-            "param_n_neighbors": np.array([k for k, _ in points]),
-            "param_metric": np.array([m for _, m in points]),
-            "params": [{"n_neighbors": k, "metric": m} for k, m in points],
-            "mean_test_score": means,
-            "std_test_score": stds,
-            "rank_test_score": ranks,
-        }
-        for f in range(table.shape[1]):
-            results[f"split{f}_test_score"] = table[:, f]
-        self.cv_results_ = results
-        self.best_index_ = best
-        self.best_params_ = dict(results["params"][best])
-        self.best_score_ = float(means[best])
-        self.n_splits_ = table.shape[1]
+        params = [{"n_neighbors": k, "metric": m} for k, m in points]
+        store_search(self, params, table, best)
 
     def predict(self, X: Any) -> np.ndarray:
         """Class of the distance-weighted vote of the chosen neighbours."""
