@@ -180,7 +180,7 @@ def _gaussian_nb() -> Pipeline:
 def _mlp() -> Pipeline:
     # 256 ReLU units, Adam at 3e-3 (rather than 1e-3: about 40% fewer epochs to the early stop
     # at the same accuracy on 1280-d standardised features), early stopping on 10% of each
-    # fit's rows; standardises (and reduces to 512 principal directions) each fold itself.
+    # fit's rows; standardises (and reduces to 256 principal directions) each fold itself.
     return Pipeline([("clf", MLPHeadCV(random_state=RANDOM_STATE))])
 
 

@@ -2,18 +2,18 @@
 
 :class:`MLPHeadCV` chooses the L2 strength ``alpha`` by cross-validation: the fits of every
 (fold, alpha) pair train together in torch, one batched matrix product per layer and step, each
-fit on its own rows (a mask over the shared mini-batch) with its own Adam state, early stopping
+fit on a mini-batch gathered from its own training rows, with its own Adam state, early stopping
 and best-epoch weights; a fit that has stopped leaves the batch. The refit at the chosen alpha is
 an :class:`MLPHead`, whose prediction is numpy only (a saved head needs no torch).
 
 The model follows scikit-learn's ``MLPClassifier`` as this project configured it (256 ReLU
 units, softmax output, cross-entropy plus ``alpha / 2 * |W|^2 / batch rows``, Adam at 3e-3,
-Glorot-uniform start, batches of about 200 of a fit's rows, early stopping on 10% of its rows
+Glorot-uniform start, batches of 200 of a fit's rows, early stopping on 10% of its rows
 after 10 epochs without a gain above ``tol``, the best epoch's weights kept), with two changes
 that make it cheap on wide features, each applied per fit to that fit's own training rows:
 the columns are standardised, and reduced to their top ``max_features`` principal directions
-(randomised subspace iteration) when wider. The hidden layer's cost then no longer grows with
-the feature width.
+(randomised subspace iteration; 256 by default, and never more than the fit's rows span) when
+wider. The hidden layer's cost then no longer grows with the feature width.
 """
 
 from __future__ import annotations
@@ -92,6 +92,7 @@ class _Fits:
     best_score: Any  # (F,)
     stale: Any  # (F,) epochs without improvement
     epochs: Any  # (F,)
+    steps: Any  # (F,) Adam steps taken
     index: Any  # (F,) position of each fit in the caller's list
 
     def subset(self, keep: Any) -> _Fits:
@@ -106,6 +107,7 @@ class _Fits:
             best_score=self.best_score[keep],
             stale=self.stale[keep],
             epochs=self.epochs[keep],
+            steps=self.steps[keep],
             index=self.index[keep],
         )
 
@@ -128,6 +130,7 @@ def _start(F: int, p: int, h: int, K: int, generator: Any, torch: Any, device: A
         best_score=torch.full((F,), -math.inf, device=device),
         stale=torch.zeros(F, dtype=torch.int64, device=device),
         epochs=torch.zeros(F, dtype=torch.int64, device=device),
+        steps=torch.zeros(F, dtype=torch.int64, device=device),
         index=torch.arange(F, device=device),
     )
 
@@ -157,26 +160,47 @@ def _train(
 ) -> tuple[list[Any], Any, Any]:
     """Train every fit of ``plan``; returns its final parameters (stacked per fit: the best
     epoch's with early stopping), epochs run and best validation accuracy (NaN without)."""
-    F, n = plan.train.shape
+    F = plan.train.shape[0]
     device = plan.inputs.device
     fits = _start(F, plan.inputs.shape[2], hidden, n_classes, generator, torch, device)
     final = [t.detach().clone() for t in fits.params]
     epochs_out = torch.zeros(F, dtype=torch.int64, device=device)
     best_out = torch.full((F,), math.nan, device=device)
     early = plan.val.any(dim=1)
-    share = float((plan.train > 0).float().mean())
-    batch = max(1, min(n, round(est.batch_rows / max(share, 1e-3))))
-    step = 0
+    own = _own_rows(plan, torch)
+    base = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
+    shufflers = [torch.Generator().manual_seed(base + g) for g in range(len(own))]
     while len(fits.index):
-        order = torch.randperm(n, generator=generator).to(device)
-        for start in range(0, n, batch):
-            step += 1
-            _step(fits, plan, order[start : start + batch], step, est.learning_rate, torch)
+        order = _epoch_order(own, est.batch_rows, shufflers, torch)
+        for batch in order:
+            _step(fits, plan, batch, est.learning_rate, torch)
         done = _end_epoch(fits, plan, early, est, torch)
         if bool(done.any()):
             _keep_final(fits, done, early, final, epochs_out, best_out)
             fits = fits.subset(~done)
     return final, epochs_out, best_out
+
+
+def _own_rows(plan: _Plan, torch: Any) -> list[Any]:
+    """Per input group, the rows its fits train on (validation rows left out)."""
+    groups = int(plan.group.max()) + 1
+    first = [int(torch.nonzero(plan.group == g)[0, 0]) for g in range(groups)]
+    return [torch.nonzero((plan.train[f] > 0) & ~plan.val[f]).squeeze(1) for f in first]
+
+
+def _epoch_order(own: list[Any], batch_rows: int, shufflers: list[Any], torch: Any) -> Any:
+    """One epoch's mini-batches, (steps, groups, rows) row indices padded with -1: each group's
+    rows in a fresh order from its own generator, cut in batches of ``min(batch_rows, rows)``
+    (scikit-learn's), so that a fit's batches do not depend on the other groups."""
+    sizes = [max(1, min(batch_rows, len(r))) for r in own]
+    steps = max(math.ceil(len(r) / b) for r, b in zip(own, sizes, strict=True))
+    order = torch.full((steps, len(own), max(sizes)), -1, dtype=torch.int64, device=own[0].device)
+    for g, (rows, size, shuffler) in enumerate(zip(own, sizes, shufflers, strict=True)):
+        mixed = rows[torch.randperm(len(rows), generator=shuffler).to(rows.device)]
+        for k, start in enumerate(range(0, len(rows), size)):
+            part = mixed[start : start + size]
+            order[k, g, : len(part)] = part
+    return order
 
 
 def _use_bf16(precision: str, device: Any, torch: Any) -> bool:
@@ -198,29 +222,38 @@ def _autocast(plan: _Plan, torch: Any) -> Any:
     )
 
 
-def _step(fits: _Fits, plan: _Plan, rows: Any, step: int, lr: float, torch: Any) -> None:
-    """One Adam step of every fit on the mini-batch ``rows`` (each on its own rows there)."""
+def _step(fits: _Fits, plan: _Plan, batch: Any, lr: float, torch: Any) -> None:
+    """One Adam step of every fit on its group's mini-batch in ``batch`` ((groups, rows) row
+    indices, -1 = padding); a fit whose batch is empty this step does not step."""
     index = fits.index
-    inputs = plan.inputs[plan.group[index]][:, rows, :]
-    weights = plan.train[index][:, rows] * (~plan.val[index][:, rows])
+    group = plan.group[index]
+    rows = batch[group]  # (F, b)
+    present = rows >= 0
+    rows = rows.clamp_min(0)
+    inputs = plan.inputs[group[:, None], rows]  # (F, b, p)
+    weights = plan.train[index[:, None], rows] * present
     count = weights.sum(dim=1)
     with _autocast(plan, torch):
         logits = _logits(inputs, fits.params, torch).float()
-    target = plan.y[rows].view(1, -1, 1).expand(len(index), -1, 1)
+    target = plan.y[rows].unsqueeze(2)
     loss = torch.logsumexp(logits, dim=2) - logits.gather(2, target).squeeze(2)
     W1, _, W2, _ = fits.params
     norms = (W1 * W1).sum(dim=(1, 2)) + (W2 * W2).sum(dim=(1, 2))
+    stepping = count > 0
     safe = count.clamp_min(1e-12)
     per_fit = (loss * weights).sum(dim=1) / safe + 0.5 * plan.alpha[index] * norms / safe
-    total = (per_fit * (count > 0)).sum()
-    grads = torch.autograd.grad(total, fits.params)
-    correction1 = 1.0 - _BETA1**step
-    correction2 = 1.0 - _BETA2**step
+    grads = torch.autograd.grad((per_fit * stepping).sum(), fits.params)
+    fits.steps += stepping
+    correction1 = 1.0 - _BETA1 ** fits.steps.clamp_min(1)
+    correction2 = 1.0 - _BETA2 ** fits.steps.clamp_min(1)
     with torch.no_grad():
         for p, g, (m, v) in zip(fits.params, grads, fits.moments, strict=True):
-            m.mul_(_BETA1).add_(g, alpha=1.0 - _BETA1)
-            v.mul_(_BETA2).addcmul_(g, g, value=1.0 - _BETA2)
-            p.addcdiv_(m / correction1, (v / correction2).sqrt_().add_(_EPS), value=-lr)
+            shape = (-1,) + (1,) * (p.dim() - 1)
+            on = stepping.view(shape)
+            m.copy_(torch.where(on, m * _BETA1 + g * (1.0 - _BETA1), m))
+            v.copy_(torch.where(on, v * _BETA2 + g * g * (1.0 - _BETA2), v))
+            update = (m / correction1.view(shape)) / (v / correction2.view(shape)).sqrt().add(_EPS)
+            p.sub_(lr * update * on)
 
 
 def _end_epoch(fits: _Fits, plan: _Plan, early: Any, est: Any, torch: Any) -> Any:
@@ -232,7 +265,7 @@ def _end_epoch(fits: _Fits, plan: _Plan, early: Any, est: Any, torch: Any) -> An
     if bool(val.any()):
         with torch.no_grad():
             rows = torch.nonzero(val.any(dim=0)).squeeze(1)
-            inputs = plan.inputs[plan.group[index]][:, rows, :]
+            inputs = plan.inputs[:, rows, :][plan.group[index]]
             pred = _logits(inputs, fits.params, torch).argmax(dim=2)
             hit = (pred == plan.y[rows][None, :]) & val[:, rows]
             score = hit.sum(dim=1) / val[:, rows].sum(dim=1).clamp_min(1)
@@ -331,7 +364,7 @@ class MLPHead(_MLPParams, ClassifierMixin, BaseEstimator):
         validation_fraction: float = 0.1,
         patience: int = 10,
         tol: float = 1e-4,
-        max_features: int = 512,
+        max_features: int = 256,
         precision: str = "auto",
         device: str = "auto",
         n_jobs: int | None = None,
@@ -389,6 +422,14 @@ def _seed(random_state: Any) -> int:
     raise ValueError(f"random_state must be None or an integer, got {random_state!r}")
 
 
+def _kept_width(width: int, max_features: int, row_sets: Sequence[np.ndarray]) -> int:
+    """Columns the fits train on: the width, or ``max_features`` principal directions when
+    wider, and never more than the smallest fit's centred rows span (``rows - 1``): beyond
+    that the directions carry no variance, only cost."""
+    span = max(1, min(len(r) for r in row_sets) - 1)
+    return width if width <= min(max_features, span) else min(max_features, span)
+
+
 @dataclass
 class _Fitted:
     """Numpy results of :func:`_fit_batch`, one entry per fit."""
@@ -416,16 +457,16 @@ def _fit_batch(
 ) -> _Fitted:
     """Fit one MLP per (row set, alpha) pair, all in one batch; optionally predict each
     row set's ``held_out`` rows with its fits."""
-    work = float(len(y_idx)) * min(X.shape[1], est.max_features) * est.hidden * len(row_sets)
+    work = float(len(y_idx)) * _kept_width(X.shape[1], est.max_features, row_sets) * est.hidden
+    work *= len(row_sets)
     work *= len(alphas)
     with _Session(est.device, est.n_jobs, work) as session:
         torch = session.torch
         generator = torch.Generator().manual_seed(seed)
         rows = torch.as_tensor(np.ascontiguousarray(X, dtype=np.float32), device=session.device)
+        width = _kept_width(X.shape[1], est.max_features, row_sets)
         preps = [
-            _prepare(
-                rows, torch.as_tensor(r, device=session.device), est.max_features, generator, torch
-            )
+            _prepare(rows, torch.as_tensor(r, device=session.device), width, generator, torch)
             for r in row_sets
         ]
         inputs = torch.stack([prep.apply(rows) for prep in preps])
@@ -520,7 +561,7 @@ class MLPHeadCV(_MLPParams, ClassifierMixin, BaseEstimator):
         validation_fraction: float = 0.1,
         patience: int = 10,
         tol: float = 1e-4,
-        max_features: int = 512,
+        max_features: int = 256,
         precision: str = "auto",
         device: str = "auto",
         n_jobs: int | None = None,

@@ -132,23 +132,44 @@ def test_mlp_reduces_wide_rows_to_principal_directions(problem) -> None:
     assert MLPHead(max_features=64, max_epochs=5).fit(X, y).components_ is None
 
 
+def test_mlp_keeps_no_more_directions_than_its_rows_span(problem) -> None:
+    """Fewer rows than ``max_features``: the centred rows span ``rows - 1`` directions, and
+    the fit keeps those (the others carry no variance, only cost); CV fits keep as many as the
+    smallest fold's training rows span."""
+    X, y = problem(3, n_features=60, n_informative=10, class_sep=2.0)
+    X, y = X[:30], y[:30]
+    head = MLPHead(max_features=50, max_epochs=5).fit(X, y)
+    assert head.components_.shape == (60, 29)
+    np.testing.assert_allclose(head.components_.T @ head.components_, np.eye(29), atol=1e-4)
+    search = MLPHeadCV(max_features=50, alphas=(1e-4,), cv=3, max_epochs=5).fit(X, y)
+    assert search.best_estimator_.components_.shape == (60, 29)
+
+
 def test_fits_in_one_batch_do_not_influence_each_other(problem) -> None:
-    """A fit's result depends on its own rows only, whatever else trains beside it (of the
-    same size: the shared mini-batch is sized from the fits' average share of the rows)."""
+    """A fit's result depends on its own rows only, whatever else trains beside it: its
+    mini-batches come from its own rows and its own shuffling generator. Neighbours of the
+    same size give bit-identical fits; a neighbour of another size changes the padded shape
+    of the batched products, so only their float rounding."""
     X, y = problem(3, class_sep=1.0)
     y_idx = y.astype(np.int64)
     est = MLPHead(hidden=32, max_epochs=60, precision="fp32")
     val = np.arange(len(y)) % 10 == 0
     mine = np.arange(0, 200)
-    others = [np.arange(20, 240), np.r_[0:20, 40:240]]
+    others = [np.arange(20, 240), np.r_[0:20, 40:240], np.r_[0:20, 40:120]]
     weights = np.ones(len(y))
-    a = _fit_batch(est, X, y_idx, 3, [mine, others[0]], [1e-4, 1.0], weights, val, seed=0)
-    b = _fit_batch(est, X, y_idx, 3, [mine, others[1]], [1e-4, 1.0], weights, val, seed=0)
-    for k in range(2):  # fits 0 and 1 (row set 0, both alphas) are identical
+    fits = [
+        _fit_batch(est, X, y_idx, 3, [mine, other], [1e-4, 1.0], weights, val, seed=0)
+        for other in others
+    ]
+    a, b, c = fits
+    for k in range(2):  # fits 0 and 1 (row set 0, both alphas) are the same
         np.testing.assert_array_equal(a.coefs[0][k], b.coefs[0][k])
         np.testing.assert_array_equal(a.coefs[1][k], b.coefs[1][k])
-        assert a.epochs[k] == b.epochs[k]
+        np.testing.assert_allclose(a.coefs[0][k], c.coefs[0][k], rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(a.coefs[1][k], c.coefs[1][k], rtol=1e-4, atol=1e-6)
+        assert a.epochs[k] == b.epochs[k] == c.epochs[k]
     assert not np.array_equal(a.coefs[0][2], b.coefs[0][2])  # the others did change
+    assert not np.allclose(a.coefs[0][2], c.coefs[0][2], rtol=1e-2)
 
 
 def test_mlp_search_reports_its_alphas(three_class) -> None:
