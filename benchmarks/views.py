@@ -6,26 +6,33 @@ plain and with each view policy, each into a fresh temporary cache: wall seconds
 views/s, milliseconds per view.
 
 Part 2, plain vs views, each chosen by CV on the training split (the held-out split never
-chooses). Candidates: heads (scikit-learn's ``LogisticRegression`` and ``LinearSVC`` on
-standardised rows, each with its grid of C; ``--heads ridge``: ``RidgeClassifier`` and its
-grid of alpha, for caltech101's 101 classes) x feature transforms (``classifiers.transforms``:
-"none", "power+l2", ...), in two families:
+chooses). Candidates: heads (``logreg`` and ``linear_svm``: ``classifiers.linear.LinearHead``,
+the project's batched torch solver, multinomial logistic regression and one-vs-rest
+squared-hinge linear SVM, at each C of one point per decade from 1e-5 to 1e2; ``ridge``:
+scikit-learn's ``RidgeClassifier`` at alpha 10 .. 1e4) x feature transforms
+(``classifiers.transforms``: "none", "power+l2", ...), each followed by standardisation, in two
+families:
 
 * **plain**: trained on the plain rows (view 0), one per image;
 * **views**: trained on every view of every training image, scored on the identity view
   (``tta=no``) or with test-time averaging (``tta=yes``: the head's decision values averaged
-  over the image's K views). One fit serves both.
+  over the image's K views). One fit serves both. ``--policy`` may name several view policies:
+  the family then holds the candidates of each, and CV chooses the policy too.
 
 Cross-validation: 5 folds of *images* (``StratifiedGroupKFold`` grouped by image key, seeded),
-the same folds for both families; a views head is trained on every view of the fold's training
-images and scored per validation image, so every CV score is an accuracy over the same images
-and plain, views and views+tta candidates are on one scale. In each family the chosen
-candidate has the best mean CV accuracy, with the project's tie rule
-(``featurestore.report.selection``: means equal to 9 decimals go to the smaller spread of the
-fold scores, then to the earlier candidate; candidates are listed head, transform, C, tta off
-before on). The chosen plain and views configurations are then refitted on the whole training
-split and scored once on the held-out split: accuracy, correct test images and (read it for
-caltech101) mean per-class accuracy; ``diff`` is views minus plain, in test images.
+the same folds for both families and every policy; a views head is trained on every view of the
+fold's training images and scored per validation image, so every CV score is an accuracy over
+the same images and plain, views and views+tta candidates are on one scale. A fold's transform
+and standardisation are fitted on its training rows. A CV fit of a linear head stops at the
+tolerance and iteration limit of ``LinearHeadCV``'s search fits (1e-3, 200), the refit of the
+chosen configuration at ``LinearHead``'s own (1e-4, 1000); each candidate's line reports its
+fold fits' iterations and how many converged. In each family the chosen candidate has the best
+mean CV accuracy, with the project's tie rule (``featurestore.report.selection``: means equal
+to 9 decimals go to the smaller spread of the fold scores, then to the earlier candidate;
+candidates are listed policy (fewest views first), head, transform, C, tta off before on). The
+chosen plain and views configurations are then refitted on the whole training split and scored
+once on the held-out split: accuracy, correct test images and (read it for caltech101) mean
+per-class accuracy; ``diff`` is views minus plain, in test images.
 
 Datasets (``../shared/datasets``): hymenoptera (train -> val), catvnoncat (train -> test),
 builtin:digits (the project's hash split: 20% test, seed 0), caltech101 (101 object classes,
@@ -33,7 +40,7 @@ no background; per class a seeded draw of 30 training images and up to 50 test i
 
     FEATURESTORE_CACHE=/tmp/fscache python benchmarks/views.py --part cost
     FEATURESTORE_CACHE=/tmp/fscache python benchmarks/views.py --part accuracy \\
-        --datasets hymenoptera catvnoncat digits --policy crops10
+        --datasets hymenoptera catvnoncat digits --policy flip crops10 random16
     FEATURESTORE_CACHE=/tmp/fscache python benchmarks/views.py --part accuracy \\
         --datasets caltech101 --policy flip --heads ridge
 
@@ -45,6 +52,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import tempfile
 import time
 from collections.abc import Callable
@@ -55,13 +63,13 @@ from typing import Any
 import numpy as np
 from _common import REPO, machine, print_machine, print_table
 from sklearn.base import BaseEstimator
-from sklearn.linear_model import LogisticRegression, RidgeClassifier
+from sklearn.linear_model import RidgeClassifier
 from sklearn.metrics import accuracy_score, balanced_accuracy_score
 from sklearn.model_selection import StratifiedGroupKFold
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
-from sklearn.svm import LinearSVC
 
+from classifiers.linear import LinearHead, LinearHeadCV
 from classifiers.split import stratified_hash_split
 from classifiers.transforms import TRANSFORMS, make_transform
 from featurestore.api import Features, load_features
@@ -78,27 +86,49 @@ SELECTION = (
     "in each family the best mean CV accuracy on the training split (5 folds of images, the "
     "same for both families; views heads trained on every view of the fold's training images "
     "and scored per validation image); means equal to 9 decimals go to the smaller spread of "
-    "the fold scores, then to the earlier candidate (head, transform, C, tta off before on); "
+    "the fold scores, then to the earlier candidate (policy with the fewest views first, head, "
+    "transform, C, tta off before on); "
     "the held-out split is scored once, for the two chosen configurations"
 )
 
-HEADS: dict[str, tuple[Callable[[], BaseEstimator], str, list[float]]] = {
-    # (build, regularisation parameter, its grid). logreg and linear_svm: the grids of the
-    # project's heads (classifiers/heads.py), one step wider on the side where a first run
-    # chose the edge. ridge: scikit-learn's RidgeClassifier (one least-squares solve for every
-    # class), the head that stays fast with caltech101's 101 classes on a loaded 2-core machine
-    # (LinearSVC took 250-570 s per C there for 5 folds of the plain rows alone).
-    "logreg": (
-        lambda: LogisticRegression(solver="lbfgs", max_iter=3000, random_state=SEED),
-        "C",
-        [1e-3, 1e-2, 1e-1, 1.0],
-    ),
-    "linear_svm": (
-        lambda: LinearSVC(C=1e-3, dual="auto", max_iter=5000, random_state=SEED),
-        "C",
-        [1e-5, 1e-4, 1e-3, 1e-2],
-    ),
-    "ridge": (lambda: RidgeClassifier(), "alpha", [10.0, 100.0, 1e3, 1e4]),
+
+@dataclass(frozen=True)
+class Head:
+    """A head of the benchmark: ``build(value, final)`` is the estimator at one value of its
+    regularisation parameter ``param``, for a CV fit (``final`` False) or for the refit of a
+    chosen configuration on the whole training split (``final`` True); ``grid`` the values."""
+
+    build: Callable[[float, bool], BaseEstimator]
+    param: str
+    grid: tuple[float, ...]
+
+
+#: C of the linear heads: one point per decade, 1e-5 .. 1e2 (the project's scikit-learn grids
+#: chose 1e-4 .. 1 here; a views head sees K rows per image, so its best C moves down).
+LINEAR_CS: tuple[float, ...] = tuple(10.0**e for e in range(-5, 3))
+#: A CV fit stops where LinearHeadCV's search fits stop (CV scores hardly move below this
+#: tolerance); the refit of the chosen configuration runs to LinearHead's own tol and max_iter.
+_SEARCH = LinearHeadCV()
+SEARCH_TOL, SEARCH_MAX_ITER = _SEARCH.search_tol, _SEARCH.search_max_iter
+
+
+def _linear(loss: str) -> Callable[[float, bool], BaseEstimator]:
+    def build(C: float, final: bool) -> BaseEstimator:
+        if final:
+            return LinearHead(loss, C=C, random_state=SEED)
+        return LinearHead(loss, C=C, tol=SEARCH_TOL, max_iter=SEARCH_MAX_ITER, random_state=SEED)
+
+    return build
+
+
+HEADS: dict[str, Head] = {
+    # logreg and linear_svm: classifiers.linear.LinearHead (the project's batched torch solver;
+    # multinomial logistic regression, and one-vs-rest squared-hinge linear SVM with an
+    # unpenalised intercept) at each C. ridge: scikit-learn's RidgeClassifier (one
+    # least-squares solve for every class).
+    "logreg": Head(_linear("log_loss"), "C", LINEAR_CS),
+    "linear_svm": Head(_linear("squared_hinge"), "C", LINEAR_CS),
+    "ridge": Head(lambda a, final: RidgeClassifier(alpha=a), "alpha", (10.0, 100.0, 1e3, 1e4)),
 }
 
 
@@ -173,25 +203,37 @@ class Candidate:
     accuracies, per image)."""
 
     family: str  # "plain" or "views"
+    policy: str | None  # the view policy of a views candidate; None for plain
     head: str
     transform: str
-    C: float
+    C: float  # the value of the head's regularisation parameter (C, or ridge's alpha)
     tta: bool
     cv_score: float = float("nan")
     cv_std: float = float("nan")
 
     @property
+    def label(self) -> str:
+        """``plain``, or the policy with ``+tta`` when the views' decisions are averaged."""
+        return "plain" if self.policy is None else self.policy + ("+tta" if self.tta else "")
+
+    @property
     def name(self) -> str:
-        tta = "+tta" if self.tta else ""
-        return f"{self.family}{tta} {self.head} {self.transform} {HEADS[self.head][1]}={self.C:g}"
+        return f"{self.label} {_config(self)}"
+
+
+def _config(c: Candidate) -> str:
+    return f"{c.head} {c.transform} {HEADS[c.head].param}={c.C:g}"
+
+
+def _prepare_rows(transform: str) -> Pipeline:
+    """The feature transform, then standardisation (fitted on a fold's training rows)."""
+    return Pipeline([("transform", make_transform(transform)), ("scale", StandardScaler())])
 
 
 def _pipeline(head: str, transform: str, C: float) -> Pipeline:
-    build, param, _ = HEADS[head]
-    clf = build().set_params(**{param: C})
-    return Pipeline(
-        [("transform", make_transform(transform)), ("scale", StandardScaler()), ("clf", clf)]
-    )
+    """The refit on the whole training split: transform, standardise, the head at its final
+    tolerance."""
+    return Pipeline([*_prepare_rows(transform).steps, ("clf", HEADS[head].build(C, True))])
 
 
 def _view_rows(images: np.ndarray, k: int) -> np.ndarray:
@@ -209,53 +251,74 @@ def _predict(model: Any, X: np.ndarray, k: int, tta: bool) -> np.ndarray:
     return model.classes_[scores.argmax(axis=1)]
 
 
+def _solver_note(models: list[Any]) -> str:
+    """Iterations and convergence of a linear head's fold fits ("" for other heads)."""
+    if not hasattr(models[0], "converged_"):
+        return ""
+    done = sum(bool(m.converged_) for m in models)
+    return f"  [iter <= {max(int(m.n_iter_) for m in models)}, converged {done}/{len(models)}]"
+
+
 def cross_validate(
-    family: str, heads: list[str], transforms: list[str], train: Features, folds: list
+    policy: str | None, data: Features, heads: list[str], transforms: list[str], folds: list
 ) -> list[Candidate]:
-    """Every candidate of ``family`` with its CV score; ``folds`` are (train, validation)
-    arrays of image indices, ``train`` holds every view (image-major)."""
-    k = train.n_views if family == "views" else 1
-    data = train if family == "views" else train.only_view(0)
-    y_img = train.only_view(0).y
+    """Every candidate of one family with its CV score: the plain rows (``policy`` None) or
+    every view of ``policy`` (image-major rows). ``folds`` are (train, validation) arrays of
+    image indices; a fold's transform and standardisation are fitted on its training rows."""
+    family = "plain" if policy is None else "views"
+    k = data.n_views
+    y_img = data.only_view(0).y
+    ttas = (False, True) if k > 1 else (False,)
+    prepared: dict[tuple[str, int], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+
+    def fold_rows(transform: str, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if (transform, i) not in prepared:
+            fit_rows, val_rows = _view_rows(folds[i][0], k), _view_rows(folds[i][1], k)
+            prep = _prepare_rows(transform).fit(data.X[fit_rows])
+            prepared[transform, i] = (
+                prep.transform(data.X[fit_rows]).astype(np.float32, copy=False),
+                data.y[fit_rows],
+                prep.transform(data.X[val_rows]).astype(np.float32, copy=False),
+            )
+        return prepared[transform, i]
+
     out = []
     for head in heads:
         for transform in transforms:
-            for C in HEADS[head][2]:
-                scores: dict[bool, list[float]] = {False: [], True: []}
+            for C in HEADS[head].grid:
+                scores: dict[bool, list[float]] = {tta: [] for tta in ttas}
+                models = []
                 t = time.perf_counter()
-                for fit_img, val_img in folds:
-                    fit_rows, val_rows = _view_rows(fit_img, k), _view_rows(val_img, k)
-                    model = _pipeline(head, transform, C).fit(data.X[fit_rows], data.y[fit_rows])
-                    for tta in (False, True) if k > 1 else (False,):
-                        pred = _predict(model, data.X[val_rows], k, tta)
+                for i, (_, val_img) in enumerate(folds):
+                    X_fit, y_fit, X_val = fold_rows(transform, i)
+                    model = HEADS[head].build(C, False).fit(X_fit, y_fit)
+                    models.append(model)
+                    for tta in ttas:
+                        pred = _predict(model, X_val, k, tta)
                         scores[tta].append(accuracy_score(y_img[val_img], pred))
-                for tta in (False, True) if k > 1 else (False,):
-                    c = Candidate(family, head, transform, C, tta)
+                for tta in ttas:
+                    c = Candidate(family, policy, head, transform, C, tta)
                     c.cv_score, c.cv_std = float(np.mean(scores[tta])), float(np.std(scores[tta]))
                     out.append(c)
                 print(
-                    f"    {family:5s} {head:10s} {transform:8s} {HEADS[head][1]}={C:<6g} CV "
+                    f"    {policy or 'plain':8s} {head:10s} {transform:8s} "
+                    f"{HEADS[head].param}={C:<6g} CV "
                     + " ".join(
-                        f"{'tta ' if t_ else ''}{np.mean(v):.4f}" for t_, v in scores.items() if v
+                        f"{'tta ' if t_ else ''}{np.mean(v):.4f}" for t_, v in scores.items()
                     )
-                    + f"  ({time.perf_counter() - t:.0f} s)",
+                    + f"  ({time.perf_counter() - t:.0f} s)"
+                    + _solver_note(models),
                     flush=True,
                 )
     return out
 
 
-def _config(c: Candidate) -> str:
-    return f"{c.head} {c.transform} {HEADS[c.head][1]}={c.C:g}"
-
-
 def held_out(c: Candidate, train: Features, test: Features) -> dict[str, Any]:
-    """Refit ``c`` on the whole training split and score it once on the held-out split."""
-    k = train.n_views if c.family == "views" else 1
-    fit_on = train if c.family == "views" else train.only_view(0)
-    model = _pipeline(c.head, c.transform, c.C).fit(fit_on.X, fit_on.y)
-    X_test = test.X if c.family == "views" else test.only_view(0).X
+    """Refit ``c`` on the whole training split (``train``: its family's rows) and score it
+    once on the held-out split."""
+    model = _pipeline(c.head, c.transform, c.C).fit(train.X, train.y)
     y_true = test.only_view(0).y
-    pred = _predict(model, X_test, k, c.tta)
+    pred = _predict(model, test.X, test.n_views, c.tta)
     return {
         "acc": accuracy_score(y_true, pred),
         "correct": int((pred == y_true).sum()),
@@ -268,62 +331,104 @@ def _extract_views(side: Source, backbone: str, policy: str, cache_dir: Path | N
     return extract(side, backbone=backbone, views=policy, cache_dir=cache_dir, progress=True)
 
 
+def best_per_label(candidates: list[Candidate]) -> list[dict[str, Any]]:
+    """The best candidate of each label (plain, each policy, each policy with tta) by the
+    selection rule, with its CV score."""
+    labels = list(dict.fromkeys(c.label for c in candidates))
+    rows = []
+    for label in labels:
+        best = rank([c for c in candidates if c.label == label])[0]
+        rows.append(
+            {
+                "family": label,
+                "best CV": f"{best.cv_score:.4f}",
+                "fold sd": f"{best.cv_std:.4f}",
+                "config": _config(best),
+                "at grid edge": best.C in (HEADS[best.head].grid[0], HEADS[best.head].grid[-1]),
+            }
+        )
+    return rows
+
+
 def compare(
     name: str,
     backbone: str,
-    policy: str,
+    policies: list[str],
     heads: list[str],
     transforms: list[str],
     cache_dir: Path | None,
 ) -> tuple[dict[str, Any], list[Candidate]]:
-    """The chosen plain and views configurations of dataset ``name`` and their held-out
-    scores (one summary row), and every candidate with its CV score."""
+    """The chosen plain and views configurations of dataset ``name`` (the views family holds
+    the candidates of every policy in ``policies``) and their held-out scores (one summary
+    row), and every candidate with its CV score."""
     train_src, test_src, names = dataset_sides(name)
-    runs = [_extract_views(s, backbone, policy, cache_dir) for s in (train_src, test_src)]
-    kw = {"backbone": backbone, "views": policy, "cache_dir": cache_dir, "class_names": names}
-    train = load_features(train_src, extract_missing=False, **kw)
-    test = load_features(test_src, extract_missing=False, **kw)
-    plain_train = train.only_view(0)
+    runs = [
+        _extract_views(s, backbone, p, cache_dir) for p in policies for s in (train_src, test_src)
+    ]
+    kw = {"backbone": backbone, "cache_dir": cache_dir, "class_names": names}
+    train = {p: load_features(train_src, extract_missing=False, views=p, **kw) for p in policies}
+    test = {p: load_features(test_src, extract_missing=False, views=p, **kw) for p in policies}
+    plain_train, plain_test = train[policies[0]].only_view(0), test[policies[0]].only_view(0)
+    for p in policies[1:]:  # the folds index images: every policy must list them in one order
+        for side, plain in ((train[p], plain_train), (test[p], plain_test)):
+            if side.only_view(0).keys != plain.keys:
+                raise SystemExit(f"{name}: {p} rows are not in the images' order of {policies[0]}")
     print(
-        f"{name}: {len(plain_train)} training / {len(test.only_view(0))} test images, "
-        f"{len(names)} classes, {policy} ({train.n_views} views per image)",
+        f"{name}: {len(plain_train)} training / {len(plain_test)} test images, "
+        f"{len(names)} classes, views: "
+        + ", ".join(f"{p} ({train[p].n_views} per image)" for p in policies),
         flush=True,
     )
     splitter = StratifiedGroupKFold(n_splits=N_FOLDS, shuffle=True, random_state=SEED)
     folds = list(splitter.split(plain_train.X, plain_train.y, groups=plain_train.keys))
-    chosen, candidates = {}, []
-    for family in ("plain", "views"):
-        found = cross_validate(family, heads, transforms, train, folds)
-        candidates += found
-        chosen[family] = rank(found)[0]
-    scores = {f: held_out(c, train, test) for f, c in chosen.items()}
+    t = time.perf_counter()
+    plain = cross_validate(None, plain_train, heads, transforms, folds)
+    views = [c for p in policies for c in cross_validate(p, train[p], heads, transforms, folds)]
+    cv_seconds = time.perf_counter() - t
+    chosen = {"plain": rank(plain)[0], "views": rank(views)[0]}
+    print(
+        "  chosen: " + "; ".join(f"{f}: {c.name} (CV {c.cv_score:.4f})" for f, c in chosen.items())
+    )
+    scores = {
+        "plain": held_out(chosen["plain"], plain_train, plain_test),
+        "views": held_out(
+            chosen["views"], train[chosen["views"].policy], test[chosen["views"].policy]
+        ),
+    }
     p, v = scores["plain"], scores["views"]
+    cv = chosen["views"]
     row = {
         "dataset": name,
-        "views": f"{policy} (K={train.n_views})",
+        "views candidates": " ".join(f"{q} (K={train[q].n_views})" for q in policies),
         "train imgs": len(plain_train),
         "test imgs": p["n"],
         "plain chosen": _config(chosen["plain"]),
         "plain CV": chosen["plain"].cv_score,
         "plain test": f"{p['acc']:.4f} ({p['correct']}/{p['n']})",
-        "views chosen": _config(chosen["views"])
-        + (", tta" if chosen["views"].tta else ", identity view"),
-        "views CV": chosen["views"].cv_score,
+        "views chosen": f"{cv.policy} {_config(cv)}" + (", tta" if cv.tta else ", identity view"),
+        "views CV": cv.cv_score,
         "views test": f"{v['acc']:.4f} ({v['correct']}/{v['n']})",
         "diff (imgs)": f"{v['correct'] - p['correct']:+d}",
         "plain mpc": p["mean per-class"],
         "views mpc": v["mean per-class"],
         "views extracted": sum(r.n_views_extracted for r in runs),
         "extract s": sum(r.seconds for r in runs if r.n_views_extracted),
+        "CV s": cv_seconds,
     }
-    return row, candidates
+    return row, plain + views
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--part", choices=["cost", "accuracy", "both"], default="both")
     ap.add_argument("--backbone", default="efficientnet_lite0")
-    ap.add_argument("--policy", choices=VIEW_POLICIES, default="crops10", help="for accuracy")
+    ap.add_argument(
+        "--policy",
+        nargs="+",
+        choices=VIEW_POLICIES,
+        default=["crops10"],
+        help="for accuracy: the views family holds the candidates of every policy given",
+    )
     ap.add_argument(
         "--cost-policies", nargs="+", choices=VIEW_POLICIES, default=list(VIEW_POLICIES)
     )
@@ -342,10 +447,13 @@ def main() -> None:
         print(f"\n## Extraction cost, {args.backbone}, hymenoptera val (153 photos)\n")
         print_table(cost_table(args.backbone, args.cost_policies, args.cache_dir))
     if args.part in ("accuracy", "both"):
+        # Fewest views first: the order in which tied candidates are preferred.
+        policies = [p for p in VIEW_POLICIES if p in args.policy]
+        heads = [h for h in HEADS if h in args.heads]
         summary: list[dict] = []
         for name in args.datasets:
             row, candidates = compare(
-                name, args.backbone, args.policy, args.heads, args.transforms, args.cache_dir
+                name, args.backbone, policies, heads, args.transforms, args.cache_dir
             )
             summary.append(row)
             print(f"\n{name} summary: " + ", ".join(f"{k}={v}" for k, v in row.items()))
@@ -353,16 +461,19 @@ def main() -> None:
             print_table(
                 [
                     {
-                        "family": c.family + ("+tta" if c.tta else ""),
+                        "family": c.label,
                         "head": c.head,
                         "transform": c.transform,
-                        "reg": f"{HEADS[c.head][1]}={c.C:g}",
+                        "reg": f"{HEADS[c.head].param}={c.C:g}",
                         "CV acc": f"{c.cv_score:.4f}",
                         "fold sd": f"{c.cv_std:.4f}",
                     }
                     for c in candidates
                 ]
             )
+            print(f"\n### {name}: the best candidate of each family, policy and tta\n")
+            print_table(best_per_label(candidates))
+            print(f"\nload average now: {os.getloadavg()}", flush=True)
         print(f"\n## Plain vs views, {args.backbone}, each chosen by CV on the training split\n")
         print(f"selection: {SELECTION}\n")
         print_table(summary)
