@@ -37,6 +37,8 @@ __all__ = ["MLPHead", "MLPHeadCV"]
 _BETA1, _BETA2, _EPS = 0.9, 0.999, 1e-8
 #: Rows of a fit per mini-batch (scikit-learn's batch_size="auto" is min(200, rows)).
 _FIT_BATCH = 200
+#: Principal directions a fit keeps at most (the hidden layer's input width).
+_MAX_FEATURES = 256
 #: Rebuild the batch without the stopped fits once this share of them has stopped.
 _COMPACT = 0.25
 
@@ -364,7 +366,7 @@ class MLPHead(_MLPParams, ClassifierMixin, BaseEstimator):
         validation_fraction: float = 0.1,
         patience: int = 10,
         tol: float = 1e-4,
-        max_features: int = 256,
+        max_features: int = _MAX_FEATURES,
         precision: str = "auto",
         device: str = "auto",
         n_jobs: int | None = None,
@@ -457,14 +459,12 @@ def _fit_batch(
 ) -> _Fitted:
     """Fit one MLP per (row set, alpha) pair, all in one batch; optionally predict each
     row set's ``held_out`` rows with its fits."""
-    work = float(len(y_idx)) * _kept_width(X.shape[1], est.max_features, row_sets) * est.hidden
-    work *= len(row_sets)
-    work *= len(alphas)
+    width = _kept_width(X.shape[1], est.max_features, row_sets)
+    work = float(len(y_idx)) * width * est.hidden * len(row_sets) * len(alphas)
     with _Session(est.device, est.n_jobs, work) as session:
         torch = session.torch
         generator = torch.Generator().manual_seed(seed)
         rows = torch.as_tensor(np.ascontiguousarray(X, dtype=np.float32), device=session.device)
-        width = _kept_width(X.shape[1], est.max_features, row_sets)
         preps = [
             _prepare(rows, torch.as_tensor(r, device=session.device), width, generator, torch)
             for r in row_sets
@@ -561,7 +561,7 @@ class MLPHeadCV(_MLPParams, ClassifierMixin, BaseEstimator):
         validation_fraction: float = 0.1,
         patience: int = 10,
         tol: float = 1e-4,
-        max_features: int = 256,
+        max_features: int = _MAX_FEATURES,
         precision: str = "auto",
         device: str = "auto",
         n_jobs: int | None = None,
