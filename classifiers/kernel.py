@@ -7,18 +7,23 @@ of CPU here, nearly all of it kernel arithmetic. The same fit on a precomputed k
 model, ``SVC(kernel="rbf", gamma="scale")`` behind a ``StandardScaler``, fitted through a
 precomputed kernel; :class:`RBFSVMHeadCV` chooses ``C`` by cross-validation, one kernel per fold
 shared by every ``C``, each fold standardised with its own training rows (as a scaler inside
-``GridSearchCV`` would) and the folds spread over ``n_jobs`` processes.
+``GridSearchCV`` would) and the (fold, C) fits spread over ``n_jobs`` threads.
+
+Predictions and decision values are libsvm's one-vs-one votes and sums, computed here as matrix
+products (:class:`_OneVsOne`) rather than by libsvm row by row.
 
 Everything here is numpy and scikit-learn (no torch).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from joblib import Parallel, delayed
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.svm import SVC
 from sklearn.utils.multiclass import check_classification_targets
@@ -30,24 +35,58 @@ from classifiers.linear import SCORERS, _splits, default_n_jobs
 __all__ = ["RBFSVMHead", "RBFSVMHeadCV"]
 
 
+#: Rows per block wherever a whole-matrix temporary would be large: on this project's VM,
+#: touching fresh memory costs about 8 ms per MB, so a 6,400-row kernel built with
+#: whole-matrix float64 temporaries took 5.8 s and blockwise 1.1 s.
+_BLOCK = 512
+
+
+def _row_blocks(n: int) -> list[slice]:
+    return [slice(s, s + _BLOCK) for s in range(0, n, _BLOCK)]
+
+
+def _moments(rows: np.ndarray, weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Column means and population variances in float64, weighted by ``weights`` when given
+    (a row of weight 2 counts as that row twice); two passes over blocks of rows."""
+    total = float(rows.shape[0] if weights is None else weights.sum())
+    mean = np.zeros(rows.shape[1])
+    for b in _row_blocks(rows.shape[0]):
+        block = rows[b].astype(np.float64)
+        mean += block.sum(axis=0) if weights is None else weights[b] @ block
+    mean /= total
+    var = np.zeros(rows.shape[1])
+    for b in _row_blocks(rows.shape[0]):
+        block = rows[b] - mean
+        block *= block
+        var += block.sum(axis=0) if weights is None else weights[b] @ block
+    return mean, var / total
+
+
 def _standardizer(
     rows: np.ndarray, weights: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Column mean and deviation of ``rows`` (StandardScaler's: population, 1 where 0),
-    weighted by ``weights`` when given (a row of weight 2 counts as that row twice)."""
-    rows = np.asarray(rows, dtype=np.float64)
-    mean = np.average(rows, axis=0, weights=weights)
-    scale = np.sqrt(np.average((rows - mean) ** 2, axis=0, weights=weights))
+    weighted by ``weights`` when given."""
+    mean, var = _moments(rows, weights)
+    scale = np.sqrt(var)
     return mean, np.where(scale > 0, scale, 1.0)
 
 
+def _standardize(rows: np.ndarray, mean: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """``(rows - mean) / scale`` as float32 (computed in float64, block by block)."""
+    out = np.empty(rows.shape, dtype=np.float32)
+    for b in _row_blocks(rows.shape[0]):
+        out[b] = (rows[b] - mean) / scale
+    return out
+
+
 def _gamma(gamma: Any, Z: np.ndarray, weights: np.ndarray | None = None) -> float:
-    """``"scale"``: 1 / (columns * variance of the standardised training rows), as SVC
-    (weighted by ``weights`` when given)."""
+    """``"scale"``: 1 / (columns * variance of every entry of the standardised training rows),
+    as SVC (weighted by ``weights`` when given)."""
     if gamma == "scale":
-        Z = np.asarray(Z, dtype=np.float64)
-        w = None if weights is None else np.repeat(weights[:, None], Z.shape[1], axis=1)
-        var = float(np.average((Z - np.average(Z, weights=w)) ** 2, weights=w))
+        means, variances = _moments(Z, weights)
+        # Every entry's variance: the columns' own, plus their means' spread around the mean.
+        var = float(np.mean(variances + (means - means.mean()) ** 2))
         return 1.0 / (Z.shape[1] * var) if var > 0 else 1.0
     if isinstance(gamma, (int, float)) and gamma > 0:
         return float(gamma)
@@ -55,17 +94,153 @@ def _gamma(gamma: Any, Z: np.ndarray, weights: np.ndarray | None = None) -> floa
 
 
 def _rbf(A: np.ndarray, B: np.ndarray, gamma: float) -> np.ndarray:
-    """exp(-gamma |a - b|^2) for every row pair, float64 (the products in float32)."""
+    """exp(-gamma |a - b|^2) for every row pair, float64 (the products in float32), computed
+    in blocks of rows."""
     a_sq = np.einsum("ij,ij->i", A, A, dtype=np.float64)
     b_sq = np.einsum("ij,ij->i", B, B, dtype=np.float64)
-    d2 = a_sq[:, None] + b_sq[None, :] - 2.0 * (A @ B.T).astype(np.float64)
-    np.maximum(d2, 0.0, out=d2)
-    d2 *= -gamma
-    return np.exp(d2, out=d2)
+    K = np.empty((A.shape[0], B.shape[0]))
+    for block in _row_blocks(A.shape[0]):
+        out = K[block]
+        np.add(a_sq[block, None], b_sq[None, :], out=out)
+        out -= 2.0 * (A[block] @ B.T)
+        np.maximum(out, 0.0, out=out)
+        out *= -gamma
+        np.exp(out, out=out)
+    return K
+
+
+class _OneVsOne:
+    """A fitted precomputed-kernel ``SVC``'s one-vs-one votes and decision values as matrix
+    products.
+
+    For pair (i, j) libsvm adds class i's support vectors weighted by their coefficients
+    against j, class j's against i and the pair's intercept, row by row (0.95 s for 1,600 rows
+    at 100 classes). Here each class's support vectors meet every other class in one product,
+    giving per row a (classes, classes) matrix ``D`` with ``D[i, j] = D[j, i]`` the value of
+    pair (i, j); the votes and scores are sums over its upper and lower triangles. Rows go in
+    blocks so ``D`` stays about 16 MB.
+
+    Args:
+        svc: The fitted ``SVC``.
+        columns: The column of the kernel matrix of each support vector (``None``: the kernel's
+            columns are the support vectors, in ``svc.support_`` order). Each class's columns
+            are read as one slice from its first to its last support vector, the rows between
+            that are not support vectors weighted 0 (the search's training rows are sorted by
+            class, so a slice holds one class).
+    """
+
+    def __init__(self, svc: SVC, columns: np.ndarray | None = None) -> None:
+        k = self.n_classes = len(svc.classes_)
+        coef, ends = svc._dual_coef_, np.cumsum(svc.n_support_)
+        # Per class: the kernel columns it reads and (those columns, classes) weights, its
+        # coefficients against every other class (against class o in row o - (o > c)).
+        self.parts: list[tuple[slice, np.ndarray]] = []
+        for c, (s, e) in enumerate(zip(ends - svc.n_support_, ends, strict=True)):
+            others = np.delete(np.arange(k), c)
+            if columns is None:
+                cols, where = slice(s, e), np.arange(e - s)
+            else:
+                first = int(columns[s]) if e > s else 0
+                last = int(columns[e - 1]) if e > s else -1
+                cols, where = slice(first, last + 1), columns[s:e] - first
+            weights = np.zeros((cols.stop - cols.start, k))
+            weights[np.ix_(where, others)] = coef[:, s:e].T
+            self.parts.append((cols, weights))
+        i, j = np.triu_indices(k, 1)
+        self.bias = np.zeros((k, k))
+        self.bias[i, j] = self.bias[j, i] = svc._intercept_
+        self.upper = np.triu(np.ones((k, k), dtype=bool), 1)
+        self.lower = self.upper.T
+
+    def _values(self, K: np.ndarray) -> np.ndarray:
+        """(rows, classes, classes): ``[r, i, j]`` is pair (i, j)'s decision value for row r."""
+        F = np.empty((self.n_classes, K.shape[0], self.n_classes))
+        for c, (cols, weights) in enumerate(self.parts):
+            np.matmul(K[:, cols], weights, out=F[c])
+        D = F.transpose(1, 0, 2) + F.transpose(1, 2, 0)
+        D += self.bias
+        return D
+
+    def _blocks(self, K: np.ndarray, reduce: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+        rows = max(1, (1 << 21) // (self.n_classes * self.n_classes))
+        if K.shape[0] <= rows:
+            return reduce(self._values(K))
+        return np.concatenate(
+            [reduce(self._values(K[s : s + rows])) for s in range(0, K.shape[0], rows)]
+        )
+
+    def _votes(self, D: np.ndarray, ties_to_first: bool) -> np.ndarray:
+        """Votes per class: pair (i, j), i < j, votes i when its value is > 0 (libsvm's
+        prediction; ``ties_to_first``: >= 0, scikit-learn's decision_function), else j."""
+        first = D >= 0 if ties_to_first else D > 0
+        return (first & self.upper).sum(axis=2) + (~first & self.lower).sum(axis=2)
+
+    def predict(self, K: np.ndarray) -> np.ndarray:
+        """libsvm's prediction: the class index with the most votes (ties: the lower)."""
+        return self._blocks(K, lambda D: self._votes(D, False).argmax(axis=1))
+
+    def scores(self, K: np.ndarray) -> np.ndarray:
+        """``SVC``'s ``decision_function``: for two classes class 1's side (one column);
+        else ``decision_function_shape="ovr"``: the votes plus the summed confidences squashed
+        into (-1/3, 1/3) (scikit-learn's ``_ovr_decision_function``, vectorised)."""
+        if self.n_classes == 2:
+            return -self._blocks(K, lambda D: D[:, 0, 1])
+        signs = self.upper.astype(np.float64) - self.lower
+
+        def ovr(D: np.ndarray) -> np.ndarray:
+            confidence = (D * signs).sum(axis=2)
+            return self._votes(D, True) + confidence / (3 * (np.abs(confidence) + 1))
+
+        return self._blocks(K, ovr)
 
 
 def _svc(C: float, class_weight: Any, tol: float, cache_size: float) -> SVC:
     return SVC(kernel="precomputed", C=C, class_weight=class_weight, tol=tol, cache_size=cache_size)
+
+
+@dataclass
+class _Training:
+    """One fit's training rows, standardised with their own statistics, and their kernel."""
+
+    Z: np.ndarray
+    mean: np.ndarray
+    scale: np.ndarray
+    gamma: float
+    K: np.ndarray
+    y: np.ndarray
+    weights: np.ndarray | None
+
+
+def _weighted_rows(
+    X: np.ndarray, y: np.ndarray, weights: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """The rows that take part in a fit: a row of weight 0 has no part in the model (libsvm
+    drops it too), so it is left out of the scaling and the kernel as well."""
+    if weights is None:
+        return X, y, None
+    kept = weights > 0
+    if not kept.any():
+        raise ValueError("every sample_weight is 0: nothing to fit")
+    return X[kept], y[kept], weights[kept]
+
+
+def _training(X: np.ndarray, y: np.ndarray, weights: np.ndarray | None, gamma: Any) -> _Training:
+    """Standardise the rows that take part (:func:`_weighted_rows`) and compute their kernel,
+    the rows sorted by class.
+
+    libsvm groups the rows by class (keeping their order within a class) and reads a pair of
+    classes' kernel values through their original row numbers: with the rows already grouped
+    its reads are nearly contiguous, and the fit is the same to the bit but 2.2x faster
+    (6,400 rows, 100 classes: 2.6 s -> 1.2 s).
+    """
+    X, y, weights = _weighted_rows(X, y, weights)
+    order = np.argsort(np.unique(y, return_inverse=True)[1], kind="stable")
+    X, y = X[order], y[order]
+    weights = None if weights is None else weights[order]
+    mean, scale = _standardizer(X, weights)
+    Z = _standardize(X, mean, scale)
+    g = _gamma(gamma, Z, weights)
+    return _Training(Z, mean, scale, g, _rbf(Z, Z, g), y, weights)
 
 
 class RBFSVMHead(ClassifierMixin, BaseEstimator):
@@ -80,7 +255,8 @@ class RBFSVMHead(ClassifierMixin, BaseEstimator):
 
     Attributes:
         classes_, mean_, scale_, gamma_, support_rows_ (the standardised support vectors),
-        svc_ (the fitted precomputed-kernel ``SVC``), n_features_in_.
+        svc_ (the fitted precomputed-kernel ``SVC``; its rows are the training rows of nonzero
+        weight sorted by class, so its ``support_`` numbers that order), n_features_in_.
     """
 
     def __init__(
@@ -102,71 +278,132 @@ class RBFSVMHead(ClassifierMixin, BaseEstimator):
         """Fit on ``(X, y)`` (``sample_weight`` as ``SVC``'s)."""
         X, y = validate_data(self, X, y, dtype=[np.float32, np.float64], ensure_min_samples=2)
         check_classification_targets(y)
-        weights = None
-        if sample_weight is not None:
-            # A row of weight 0 has no part in the model (libsvm drops it too): leave it out
-            # of the scaling and the kernel as well.
-            weights = _check_sample_weight(sample_weight, X)
-            kept = weights > 0
-            if not kept.any():
-                raise ValueError("every sample_weight is 0: nothing to fit")
-            X, y, weights = X[kept], y[kept], weights[kept]
-        self.mean_, self.scale_ = _standardizer(X, weights)
-        Z = ((X - self.mean_) / self.scale_).astype(np.float32)
-        self.gamma_ = _gamma(self.gamma, Z, weights)
+        weights = None if sample_weight is None else _check_sample_weight(sample_weight, X)
+        return self._fit_training(_training(X, y, weights, self.gamma))
+
+    def _fit_training(self, training: _Training) -> RBFSVMHead:
+        """Fit libsvm on prepared training rows and their kernel."""
+        self.mean_, self.scale_, self.gamma_ = training.mean, training.scale, training.gamma
         svc = _svc(self.C, self.class_weight, self.tol, self.cache_size)
-        self.svc_ = svc.fit(_rbf(Z, Z, self.gamma_), y, sample_weight=weights)
-        self.n_train_ = Z.shape[0]
-        self.support_rows_ = Z[self.svc_.support_]
+        self.svc_ = svc.fit(training.K, training.y, sample_weight=training.weights)
+        self.support_rows_ = training.Z[self.svc_.support_]
         self.classes_ = self.svc_.classes_
         return self
 
     def _kernel(self, X: Any) -> np.ndarray:
-        """Kernel of ``X`` against the training rows; only the support vectors' columns are
-        computed (libsvm reads no other)."""
+        """Kernel of ``X`` against the support vectors only (libsvm reads no other column)."""
         check_is_fitted(self, "svc_")
         X = validate_data(self, X, reset=False, dtype=[np.float32, np.float64])
-        Z = ((X - self.mean_) / self.scale_).astype(np.float32)
-        K = np.zeros((Z.shape[0], self.n_train_))
-        K[:, self.svc_.support_] = _rbf(Z, self.support_rows_, self.gamma_)
-        return K
+        Z = _standardize(X, self.mean_, self.scale_)
+        return _rbf(Z, self.support_rows_, self.gamma_)
 
     def decision_function(self, X: Any) -> np.ndarray:
-        """libsvm's decision values (one-vs-one votes turned into per-class scores)."""
-        K = self._kernel(X)
-        return self.svc_.decision_function(K)
+        """``SVC``'s decision values: one column (class 1's side) for two classes, else the
+        one-vs-one votes turned into per-class scores."""
+        K = self._kernel(X)  # checks that the head is fitted
+        return _OneVsOne(self.svc_).scores(K)
 
     def predict(self, X: Any) -> np.ndarray:
         """libsvm's one-vs-one vote."""
         K = self._kernel(X)
-        return self.svc_.predict(K)
+        return self.classes_[_OneVsOne(self.svc_).predict(K)]
 
 
-def _fold(
+@dataclass
+class _FoldKernels:
+    """One fold's training kernel, and its held-out rows against its training rows."""
+
+    training: _Training
+    K_test: np.ndarray
+
+
+def _fold_kernels(
     X: np.ndarray,
     y: np.ndarray,
     train: np.ndarray,
     test: np.ndarray,
-    Cs: Sequence[float],
+    gamma: Any,
+    sample_weight: np.ndarray | None,
+) -> _FoldKernels:
+    """A fold's kernels, its rows standardised with its own training rows' statistics."""
+    weights = None if sample_weight is None else sample_weight[train]
+    training = _training(X[train], y[train], weights, gamma)
+    Z_test = _standardize(X[test], training.mean, training.scale)
+    return _FoldKernels(training, _rbf(Z_test, training.Z, training.gamma))
+
+
+class _Shared:
+    """A value made once, by the first thread that asks for it, and dropped after its last
+    use (a fold's kernels: hundreds of MB each, so only the folds in progress hold theirs)."""
+
+    def __init__(self, make: Callable[[], Any], uses: int) -> None:
+        self._make, self._uses = make, uses
+        self._lock = threading.Lock()
+        self._value: Any = None
+
+    def get(self) -> Any:
+        with self._lock:
+            if self._value is None:
+                self._value = self._make()
+            return self._value
+
+    def release(self) -> None:
+        with self._lock:
+            self._uses -= 1
+            if self._uses == 0:
+                self._value = None
+
+
+def _held_out_labels(kernels: _Shared, C: float, settings: dict[str, Any]) -> np.ndarray:
+    """Fit at ``C`` on a fold's training kernel; the labels it gives the held-out rows."""
+    fold = kernels.get()
+    try:
+        svc = _svc(C, settings["class_weight"], settings["tol"], settings["cache_size"])
+        svc.fit(fold.training.K, fold.training.y, sample_weight=fold.training.weights)
+        return svc.classes_[_OneVsOne(svc, columns=svc.support_).predict(fold.K_test)]
+    finally:
+        kernels.release()
+
+
+def _search(
+    X: np.ndarray,
+    y: np.ndarray,
+    folds: list[tuple[np.ndarray, np.ndarray]],
+    Cs: list[float],
     settings: dict[str, Any],
     sample_weight: np.ndarray | None,
-) -> list[np.ndarray]:
-    """One fold: standardise with its training rows, one kernel, every C; held-out labels
-    (as :meth:`RBFSVMHead.fit` on the fold's training rows would give)."""
-    weights = None
-    if sample_weight is not None:
-        train = train[sample_weight[train] > 0]
-        weights = sample_weight[train]
-    mean, scale = _standardizer(X[train], weights)
-    Z_train = ((X[train] - mean) / scale).astype(np.float32)
-    Z_test = ((X[test] - mean) / scale).astype(np.float32)
-    gamma = _gamma(settings["gamma"], Z_train, weights)
-    K_train, K_test = _rbf(Z_train, Z_train, gamma), _rbf(Z_test, Z_train, gamma)
-    out = []
-    for C in Cs:
-        svc = _svc(C, settings["class_weight"], settings["tol"], settings["cache_size"])
-        out.append(svc.fit(K_train, y[train], sample_weight=weights).predict(K_test))
-    return out
+    threads: int,
+) -> tuple[list[list[np.ndarray]], _Training]:
+    """Held-out labels per fold and C, and the refit's training kernel.
+
+    Every (fold, C) fit is one task for ``threads`` threads (libsvm and BLAS release the GIL),
+    taken in order, so at most about ``threads`` folds' kernels are alive at once; the last
+    task computes the refit's kernel (it does not depend on C) while the last fits run.
+    """
+    gamma = settings["gamma"]
+    shared = [
+        _Shared(
+            lambda train=train, test=test: _fold_kernels(X, y, train, test, gamma, sample_weight),
+            uses=len(Cs),
+        )
+        for train, test in folds
+    ]
+    refit = _Shared(lambda: _training(X, y, sample_weight, gamma), uses=1)
+    tasks: list[tuple[int, float] | None] = [(f, C) for f in range(len(folds)) for C in Cs]
+
+    def run(task: tuple[int, float] | None) -> np.ndarray | None:
+        if task is None:
+            refit.get()
+            return None
+        return _held_out_labels(shared[task[0]], task[1], settings)
+
+    if threads <= 1:
+        labels = [run(t) for t in tasks]
+    else:
+        with ThreadPoolExecutor(threads) as pool:
+            labels = list(pool.map(run, [*tasks, None]))[:-1]
+    per_fold = [labels[f * len(Cs) : (f + 1) * len(Cs)] for f in range(len(folds))]
+    return per_fold, refit.get()
 
 
 class RBFSVMHeadCV(ClassifierMixin, BaseEstimator):
@@ -178,7 +415,7 @@ class RBFSVMHeadCV(ClassifierMixin, BaseEstimator):
         cv: Folds: an int (stratified, shuffled; grouped when ``fit`` gets ``groups``), a
             splitter, or an iterable of (train, test) index pairs.
         scoring: ``"accuracy"``, ``"balanced_accuracy"`` or ``"f1_macro"``.
-        n_jobs: Processes the folds are spread over (``None``: every core).
+        n_jobs: Threads the (fold, C) fits are spread over (``None``: every core).
         random_state: Seed of the folds when ``cv`` is an int.
 
     Attributes:
@@ -221,10 +458,8 @@ class RBFSVMHeadCV(ClassifierMixin, BaseEstimator):
         weights = None if sample_weight is None else _check_sample_weight(sample_weight, X)
         folds = _splits(self.cv, X, y, groups, self.random_state)
         settings = {k: getattr(self, k) for k in ("gamma", "class_weight", "tol", "cache_size")}
-        jobs = min(len(folds), default_n_jobs() if self.n_jobs is None else self.n_jobs)
-        predictions = Parallel(n_jobs=jobs)(
-            delayed(_fold)(X, y, train, test, Cs, settings, weights) for train, test in folds
-        )
+        jobs = min(len(folds) * len(Cs), default_n_jobs() if self.n_jobs is None else self.n_jobs)
+        predictions, training = _search(X, y, folds, Cs, settings, weights, jobs)
         score = SCORERS[self.scoring]
         table = np.array(
             [
@@ -236,7 +471,10 @@ class RBFSVMHeadCV(ClassifierMixin, BaseEstimator):
         best = int(np.argmax(means))  # equal scores: the first C given
         self._store(Cs, table, best)
         refit = RBFSVMHead(Cs[best], **settings)
-        self.best_estimator_ = refit.fit(X, y, sample_weight=weights)
+        refit.n_features_in_ = self.n_features_in_
+        if hasattr(self, "feature_names_in_"):
+            refit.feature_names_in_ = self.feature_names_in_
+        self.best_estimator_ = refit._fit_training(training)
         self.classes_ = self.best_estimator_.classes_
         return self
 

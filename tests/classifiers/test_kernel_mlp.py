@@ -12,7 +12,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from classifiers.kernel import RBFSVMHead, RBFSVMHeadCV
+from classifiers.kernel import RBFSVMHead, RBFSVMHeadCV, _OneVsOne, _rbf
 from classifiers.mlp import MLPHead, MLPHeadCV, _fit_batch
 
 
@@ -59,6 +59,30 @@ def test_rbf_head_is_scikit_learns_svc(problem, n_classes: int) -> None:
     )
 
 
+@pytest.mark.parametrize("n_classes", [2, 3, 7])
+@pytest.mark.parametrize("class_weight", [None, "balanced"])
+def test_one_vs_one_products_give_libsvms_votes_and_values(
+    problem, n_classes: int, class_weight
+) -> None:
+    """Predictions and decision values as matrix products equal libsvm's own, from a kernel
+    whose columns are every training row (the search) or the support vectors only (a head)."""
+    X, y = problem(n_classes, class_sep=1.5, n_samples=400)
+    X = X.astype(np.float32)
+    K_train, K_test = _rbf(X[:300], X[:300], 0.05), _rbf(X[300:], X[:300], 0.05)
+    svc = SVC(kernel="precomputed", C=5.0, class_weight=class_weight).fit(K_train, y[:300])
+    assert 0 < len(svc.support_) < 300  # some rows are not support vectors
+    every_row = _OneVsOne(svc, columns=svc.support_)
+    support_only = _OneVsOne(svc)
+    expected = svc.predict(K_test)
+    np.testing.assert_array_equal(svc.classes_[every_row.predict(K_test)], expected)
+    np.testing.assert_array_equal(
+        svc.classes_[support_only.predict(K_test[:, svc.support_])], expected
+    )
+    np.testing.assert_allclose(
+        every_row.scores(K_test), svc.decision_function(K_test), rtol=1e-10, atol=1e-12
+    )
+
+
 def test_rbf_head_leaves_out_rows_of_weight_zero(problem) -> None:
     """A row of weight 0 changes nothing: not the scaling, gamma, nor the support vectors."""
     X, y = problem(3, class_sep=0.8, n_samples=240)
@@ -83,6 +107,15 @@ def test_rbf_search_scores_every_c_as_grid_search_does(problem) -> None:
     )
     assert ours.best_params_ == {"C": ref.best_params_["svc__C"]}
     np.testing.assert_array_equal(ours.predict(X), ref.predict(X))
+
+
+def test_rbf_search_gives_the_same_head_on_one_thread_or_several(problem) -> None:
+    X, y = problem(4, class_sep=0.8)
+    one = RBFSVMHeadCV(Cs=(0.1, 1.0, 10.0), cv=3, n_jobs=1).fit(X, y)
+    three = RBFSVMHeadCV(Cs=(0.1, 1.0, 10.0), cv=3, n_jobs=3).fit(X, y)
+    for key in ("mean_test_score", "split0_test_score", "split2_test_score"):
+        np.testing.assert_array_equal(one.cv_results_[key], three.cv_results_[key])
+    np.testing.assert_array_equal(one.decision_function(X), three.decision_function(X))
 
 
 def test_mlp_learns_and_keeps_its_best_epoch(three_class) -> None:
