@@ -13,7 +13,7 @@ force), so a saved head needs neither torch nor this module's search to predict.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -157,19 +157,22 @@ class KNeighborsHeadCV(ClassifierMixin, BaseEstimator):
         out: dict[tuple[int, str], list[np.ndarray]] = {(k, m): [] for m in metrics for k in ks}
         for train, test in folds:
             tr = torch.as_tensor(train, device=session.device)
-            train_rows = self._scaled(rows[tr], rows[tr], torch)
+            train_rows = rows[tr]
+            scale = self._scaler(train_rows, torch)
+            train_rows = scale(train_rows)
             train_sq = (train_rows.double() ** 2).sum(dim=1)
+            train_labels = labels[tr]
             block = max(1, _BLOCK_ELEMENTS // max(1, len(train)))
             fold_pred = {key: [] for key in out}
             for start in range(0, len(test), block):
                 te = torch.as_tensor(test[start : start + block], device=session.device)
-                test_rows = self._scaled(rows[te], rows[tr], torch)
+                test_rows = scale(rows[te])
                 test_sq = (test_rows.double() ** 2).sum(dim=1)
                 dots = (test_rows @ train_rows.T).double()
                 for metric in metrics:
                     dist = _distances(dots, test_sq, train_sq, metric, torch)
                     near_d, near_i = torch.topk(dist, max(ks), dim=1, largest=False, sorted=True)
-                    near_y = labels[tr][near_i]
+                    near_y = train_labels[near_i]
                     for k in ks:
                         pred = _vote(near_y[:, :k], near_d[:, :k], n_classes, torch)
                         fold_pred[(k, metric)].append(pred.cpu().numpy())
@@ -177,16 +180,16 @@ class KNeighborsHeadCV(ClassifierMixin, BaseEstimator):
                 out[key].append(np.concatenate(fold_pred[key]))
         return out
 
-    def _scaled(self, part: Any, train: Any, torch: Any) -> Any:
-        """``part`` standardised with ``train``'s column mean and deviation (StandardScaler:
-        population deviation, 1 where it is 0), or as it is."""
+    def _scaler(self, train: Any, torch: Any) -> Callable[[Any], Any]:
+        """Standardises rows with ``train``'s column mean and deviation (StandardScaler:
+        population deviation, 1 where it is 0), or leaves them as they are."""
         if not self.standardize:
-            return part
+            return lambda part: part
         train64 = train.double()
         mean = train64.mean(dim=0)
         std = train64.std(dim=0, correction=0)
         std = torch.where(std > 0, std, torch.ones_like(std))
-        return ((part.double() - mean) / std).float()
+        return lambda part: ((part.double() - mean) / std).float()
 
     def _store(self, points: list[tuple[int, str]], table: np.ndarray, best: int) -> None:
         params = [{"n_neighbors": k, "metric": m} for k, m in points]
