@@ -326,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
             sets, split, load_s = real_sets(name)
             note = f"Split: {split}. Rows read and pixels decoded in {load_s:.1f} s (not timed)."
             report(
-                f"{name}: efficientnet_lite0 and pixels32",
+                f"{name}: efficientnet_lite0 and {sets[-1].name}",
                 sets,
                 heads,
                 baseline,

@@ -50,6 +50,7 @@ from featurestore.extractor import ExtractorRecord
 from featurestore.featuresets import SweepData, build_sweep_data, plan_split
 from featurestore.headfile import HeadCard, labelled
 from featurestore.options import ExtractorOptions
+from featurestore.pixels import DEFAULT_SIZE
 from featurestore.report.folder import check_output
 from featurestore.report.images import EvaluatedImages
 from featurestore.report.notes import Anchor, DataFacts, collect
@@ -543,7 +544,7 @@ def run_experiment(
     backbones: Sequence[str | ExtractorOptions] = (),
     combos: Sequence[str | Sequence[str | ExtractorOptions]] = (),
     pixels: bool = True,
-    pixel_size: int = 32,
+    pixel_size: int = DEFAULT_SIZE,
     heads: Sequence[str] | None = None,
     cv: int = 5,
     use_grid: bool = True,

@@ -315,7 +315,7 @@ def _option_values(o: ExtractorOptions) -> dict[str, str]:
 
 
 def feature_set_labels(specs: Sequence[FeatureSetSpec]) -> list[str]:
-    """One unique label per spec: ``pixels32``, ``resnet18``, ``alexnet+vgg16``, and for
+    """One unique label per spec: ``pixels16``, ``resnet18``, ``alexnet+vgg16``, and for
     variants of one backbone in the same sweep ``name[option=value,...]`` with exactly the
     options in which the variants differ."""
     variants: dict[str, list[ExtractorOptions]] = {}

@@ -20,6 +20,7 @@ from featurestore.cli.group import (
 )
 from featurestore.cli.terminal import data_stdout, shown
 from featurestore.options import VIEW_POLICIES
+from featurestore.pixels import DEFAULT_SIZE
 from featurestore.report.selection import CLASS_WEIGHTS, SCORINGS
 
 
@@ -63,9 +64,9 @@ def heads() -> None:
 @click.option(
     "--pixel-size",
     type=click.IntRange(min=2),
-    default=32,
+    default=DEFAULT_SIZE,
     show_default=True,
-    help="Side of the raw-pixel baseline's resized image.",
+    help="Side of the raw-pixel baseline's resized image (RGB, so 3 x side^2 columns).",
 )
 @click.option(
     "--cv",

@@ -142,6 +142,11 @@ def data_notes(facts: DataFacts) -> list[str]:
     return notes
 
 
+def _side(columns: int) -> int:
+    """Side of a square RGB image of ``columns`` values."""
+    return round((columns / 3) ** 0.5)
+
+
 def pixel_note(ranked: Sequence[Any]) -> str | None:
     """Transfer against the raw-pixel baseline: the best of each by the selection rule."""
     pixels = [r for r in ranked if r.feature_set.startswith("pixels")]
@@ -149,12 +154,14 @@ def pixel_note(ranked: Sequence[Any]) -> str | None:
     if not pixels or not features:
         return None
     f, p = features[0], pixels[0]
+    side = _side(p.n_features)
     diff = f.accuracy - p.accuracy
     who = "Pretrained features beat" if diff > 0 else "Pretrained features do not beat"
     return (
         f"{who} raw pixels: the best pretrained-feature row by CV, {f.feature_set} / {f.head}, "
         f"has test accuracy {f.accuracy:.4f} ({interval_text(accuracy_interval(f))}); the best "
-        f"raw-pixel row by CV, {p.feature_set} / {p.head}, {p.accuracy:.4f} "
+        f"raw-pixel row by CV, {p.feature_set} / {p.head} (each image squashed to "
+        f"{side}x{side} RGB, {p.n_features} columns), {p.accuracy:.4f} "
         f"({interval_text(accuracy_interval(p))}); difference {diff:+.4f}."
     )
 

@@ -58,7 +58,7 @@ def test_a_sweep_runs_end_to_end_and_reports_progress_per_head(
         **TINY,
     )
     assert {(r.feature_set, r.head) for r in out.results} == {
-        (fs, h) for fs in ("mobilenet_v3_small", "pixels32") for h in ("logreg", "gaussian_nb")
+        (fs, h) for fs in ("mobilenet_v3_small", "pixels16") for h in ("logreg", "gaussian_nb")
     }
     assert out.best is out.results[0]
     assert {"markdown", "csv", "json", "head", "predictions", "mistakes"} <= set(out.paths)
@@ -72,7 +72,7 @@ def test_a_sweep_runs_end_to_end_and_reports_progress_per_head(
     )
     assert len(lines) == 1 + 2 * len(out.results)
     cells = [
-        (fs, h) for fs in ("mobilenet_v3_small", "pixels32") for h in ("logreg", "gaussian_nb")
+        (fs, h) for fs in ("mobilenet_v3_small", "pixels16") for h in ("logreg", "gaussian_nb")
     ]
     for i, (fs, head) in enumerate(cells, 1):
         start, end = lines[2 * i - 1], lines[2 * i]

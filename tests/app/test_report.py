@@ -22,6 +22,7 @@ from featurestore.report.notes import (
     DataFacts,
     coverage_warnings,
     imbalance_warning,
+    pixel_note,
 )
 from featurestore.report.rows import (
     FailedHead,
@@ -254,6 +255,17 @@ def test_the_interval_is_the_sweeps_own_when_it_has_one() -> None:
     given = _fake(0.9, 0.8, "x")
     given.evaluation.summary["accuracy_ci95"] = [0.7, 0.88]
     assert accuracy_interval(given) == (0.7, 0.88)
+
+
+def test_the_pixel_note_says_how_small_the_baselines_images_are() -> None:
+    features = _fake(0.95, 0.93, "logreg", n_features=1280)
+    features.feature_set = "efficientnet_lite0"
+    pixels = _fake(0.60, 0.58, "knn", n_features=768)
+    pixels.feature_set = "pixels16"
+    note = pixel_note([features, pixels])
+    assert note is not None and note.startswith("Pretrained features beat raw pixels")
+    assert "pixels16 / knn (each image squashed to 16x16 RGB, 768 columns), 0.5800" in note
+    assert "difference +0.3500" in note
 
 
 def test_grid_edge_notes_unless_the_sweep_wrote_its_own() -> None:

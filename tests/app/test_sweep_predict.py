@@ -101,7 +101,7 @@ def test_sweep_combo_every_head_then_predict_reproduces_accuracy(tmp_path: Path)
 
     # every head on every feature set says when it starts and when it is done, with its time
     # and the sweep's overall progress
-    sets = ["resnet18", "mobilenet_v3_small", "resnet18+mobilenet_v3_small", "pixels32"]
+    sets = ["resnet18", "mobilenet_v3_small", "resnet18+mobilenet_v3_small", "pixels16"]
     n = len(sets) * len(HEADS)
     for i, (fs, head) in enumerate(((f, h) for f in sets for h in HEADS), 1):
         label = f"[{i:>2}/{n}] {fs} / {head}: "
@@ -115,7 +115,7 @@ def test_sweep_combo_every_head_then_predict_reproduces_accuracy(tmp_path: Path)
         "resnet18",
         "mobilenet_v3_small",
         "resnet18+mobilenet_v3_small",
-        "pixels32",
+        "pixels16",
     }
     widths = {row["feature_set"]: row["n_features"] for row in rows}
     assert widths["resnet18+mobilenet_v3_small"] == 512 + 1024
@@ -199,13 +199,13 @@ def test_catvnoncat_pretrained_features_beat_raw_pixels(tmp_path: Path) -> None:
     data = build_sweep_data(
         SHARED / "catvnoncat", backbones=["efficientnet_lite0"], cache_dir=tmp_path / "c"
     )
-    assert [fs.name for fs in data.feature_sets] == ["efficientnet_lite0", "pixels32"]
+    assert [fs.name for fs in data.feature_sets] == ["efficientnet_lite0", "pixels16"]
     assert data.feature_sets[0].X_train.shape == (209, 1280)
     assert data.feature_sets[0].X_test.shape == (50, 1280)
     results = run_sweep(data.feature_sets, heads=["logreg"], cv=3)
     acc = {r.feature_set: r.accuracy for r in results}
     assert acc["efficientnet_lite0"] >= 0.90
-    assert acc["efficientnet_lite0"] - acc["pixels32"] >= 0.15
+    assert acc["efficientnet_lite0"] - acc["pixels16"] >= 0.15
 
 
 # ----------------------------------------------------------------------------- report folder
