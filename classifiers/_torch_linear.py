@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -101,6 +101,10 @@ class Basis:
     U: torch.Tensor
     eig: torch.Tensor
     rest: float = 0.0
+    # The last rows rotated, and their rotation (a search and its refit rotate the same rows).
+    _last: tuple[torch.Tensor, torch.Tensor] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
 
     @property
     def width(self) -> int:
@@ -108,8 +112,12 @@ class Basis:
         return self.U.shape[1] if self.rotate else self.U.shape[0]
 
     def rows(self, X: torch.Tensor) -> torch.Tensor:
-        """The rows in the working coordinates."""
-        return X @ self.U if self.rotate else X
+        """The rows in the working coordinates (contiguous; computed once for the same ``X``)."""
+        if not self.rotate:
+            return X.contiguous()
+        if self._last is None or self._last[0] is not X:
+            self._last = (X, (X @ self.U).contiguous())
+        return self._last[1]
 
     def weights(self, W: torch.Tensor) -> torch.Tensor:
         """Working-coordinate weights (outputs, width) back to the original columns."""
@@ -264,7 +272,7 @@ class Batch:
         self.loss = loss
         self.device = device
         self.basis = basis
-        self.X = basis.rows(X).contiguous()
+        self.X = basis.rows(X)
         self.n, self.D = self.X.shape
         self.K = 1 if binary else int(n_classes)  # outputs per fit
         self.B = int(weights.shape[0])

@@ -28,6 +28,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.svm import SVC
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
+from threadpoolctl import threadpool_limits
 
 from classifiers.cv_table import store_search
 from classifiers.linear import SCORERS, _splits, default_n_jobs
@@ -93,19 +94,24 @@ def _gamma(gamma: Any, Z: np.ndarray, weights: np.ndarray | None = None) -> floa
     raise ValueError(f"gamma must be 'scale' or a positive number, got {gamma!r}")
 
 
-def _rbf(A: np.ndarray, B: np.ndarray, gamma: float) -> np.ndarray:
-    """exp(-gamma |a - b|^2) for every row pair, float64 (the products in float32), computed
-    in blocks of rows."""
+def _rbf(A: np.ndarray, B: np.ndarray | None, gamma: float) -> np.ndarray:
+    """exp(-gamma |a - b|^2) for every row pair of ``A`` and ``B``, float64 (the products in
+    float32), computed in blocks of rows. ``B=None``: ``A`` against itself, computed on and
+    above the diagonal and mirrored (half the products; exactly symmetric)."""
     a_sq = np.einsum("ij,ij->i", A, A, dtype=np.float64)
-    b_sq = np.einsum("ij,ij->i", B, B, dtype=np.float64)
-    K = np.empty((A.shape[0], B.shape[0]))
+    b_sq = a_sq if B is None else np.einsum("ij,ij->i", B, B, dtype=np.float64)
+    K = np.empty((A.shape[0], A.shape[0] if B is None else B.shape[0]))
+    other = A if B is None else B
     for block in _row_blocks(A.shape[0]):
-        out = K[block]
-        np.add(a_sq[block, None], b_sq[None, :], out=out)
-        out -= 2.0 * (A[block] @ B.T)
+        cols = slice(block.start if B is None else 0, None)  # against itself: from the diagonal
+        out = K[block, cols]
+        np.add(a_sq[block, None], b_sq[None, cols], out=out)
+        out -= 2.0 * (A[block] @ other[cols].T)
         np.maximum(out, 0.0, out=out)
         out *= -gamma
         np.exp(out, out=out)
+        if B is None:
+            K[block, : block.start] = K[: block.start, block].T
     return K
 
 
@@ -240,7 +246,7 @@ def _training(X: np.ndarray, y: np.ndarray, weights: np.ndarray | None, gamma: A
     mean, scale = _standardizer(X, weights)
     Z = _standardize(X, mean, scale)
     g = _gamma(gamma, Z, weights)
-    return _Training(Z, mean, scale, g, _rbf(Z, Z, g), y, weights)
+    return _Training(Z, mean, scale, g, _rbf(Z, None, g), y, weights)
 
 
 class RBFSVMHead(ClassifierMixin, BaseEstimator):
@@ -376,9 +382,12 @@ def _search(
 ) -> tuple[list[list[np.ndarray]], _Training]:
     """Held-out labels per fold and C, and the refit's training kernel.
 
-    Every (fold, C) fit is one task for ``threads`` threads (libsvm and BLAS release the GIL),
-    taken in order, so at most about ``threads`` folds' kernels are alive at once; the last
-    task computes the refit's kernel (it does not depend on C) while the last fits run.
+    Every (fold, C) fit is one task for ``threads`` threads (libsvm and BLAS release the GIL).
+    The folds go in groups of ``threads``, a group's tasks C by C across its folds, so each
+    thread starts on a different fold's kernels (none waits for another's) and at most about
+    ``threads`` folds' kernels are alive at once. One task computes the refit's kernel (it does
+    not depend on C): beside the last group's kernels when that group leaves a thread free,
+    else while the last fits run.
     """
     gamma = settings["gamma"]
     shared = [
@@ -389,20 +398,31 @@ def _search(
         for train, test in folds
     ]
     refit = _Shared(lambda: _training(X, y, sample_weight, gamma), uses=1)
-    tasks: list[tuple[int, float] | None] = [(f, C) for f in range(len(folds)) for C in Cs]
+    group = max(1, threads)
+    tasks: list[tuple[int, int] | None] = []
+    for start in range(0, len(folds), group):
+        members = range(start, min(start + group, len(folds)))
+        if len(members) < group:
+            tasks.append(None)  # a thread the last group leaves free makes the refit's kernel
+        tasks += [(f, c) for c in range(len(Cs)) for f in members]
+    if None not in tasks:
+        tasks.append(None)
 
-    def run(task: tuple[int, float] | None) -> np.ndarray | None:
+    def run(task: tuple[int, int] | None) -> np.ndarray | None:
         if task is None:
             refit.get()
             return None
-        return _held_out_labels(shared[task[0]], task[1], settings)
+        return _held_out_labels(shared[task[0]], Cs[task[1]], settings)
 
     if threads <= 1:
         labels = [run(t) for t in tasks]
     else:
-        with ThreadPoolExecutor(threads) as pool:
-            labels = list(pool.map(run, [*tasks, None]))[:-1]
-    per_fold = [labels[f * len(Cs) : (f + 1) * len(Cs)] for f in range(len(folds))]
+        # One BLAS thread per task: the tasks are the parallelism (two 2-thread products on
+        # two cores spin against each other).
+        with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(threads) as pool:
+            labels = list(pool.map(run, tasks))
+    found = dict(zip(tasks, labels, strict=True))
+    per_fold = [[found[(f, c)] for c in range(len(Cs))] for f in range(len(folds))]
     return per_fold, refit.get()
 
 
