@@ -170,8 +170,7 @@ class KNeighborsHeadCV(ClassifierMixin, BaseEstimator):
                 test_sq = (test_rows.double() ** 2).sum(dim=1)
                 dots = (test_rows @ train_rows.T).double()
                 for metric in metrics:
-                    dist = _distances(dots, test_sq, train_sq, metric, torch)
-                    near_d, near_i = torch.topk(dist, max(ks), dim=1, largest=False, sorted=True)
+                    near_d, near_i = _nearest(dots, test_sq, train_sq, metric, max(ks), torch)
                     near_y = train_labels[near_i]
                     for k in ks:
                         pred = _vote(near_y[:, :k], near_d[:, :k], n_classes, torch)
@@ -206,9 +205,19 @@ class KNeighborsHeadCV(ClassifierMixin, BaseEstimator):
         return self.best_estimator_.predict_proba(X)
 
 
-def _distances(dots: Any, a_sq: Any, b_sq: Any, metric: str, torch: Any) -> Any:
-    """Euclidean or cosine distances from dot products and squared norms (float64)."""
+def _nearest(dots: Any, a_sq: Any, b_sq: Any, metric: str, k: int, torch: Any) -> tuple[Any, Any]:
+    """Distances and columns of each row's ``k`` nearest, euclidean or cosine, from dot
+    products and squared norms (float64), nearest first.
+
+    The ranking uses what varies along a row (``|b|^2 - 2 a.b``; ``-a.b / |b|``), one pass
+    over the products; the distances are computed for the ``k`` kept only.
+    """
     if metric == "euclidean":
-        return torch.sqrt((a_sq[:, None] + b_sq[None, :] - 2.0 * dots).clamp_min(0.0))
-    norms = torch.sqrt(a_sq)[:, None] * torch.sqrt(b_sq)[None, :]
-    return 1.0 - torch.where(norms > 0, dots / norms.clamp_min(1e-300), 0.0)
+        near, cols = torch.topk(b_sq[None, :] - 2.0 * dots, k, dim=1, largest=False, sorted=True)
+        return torch.sqrt((a_sq[:, None] + near).clamp_min(0.0)), cols
+    b_norm = torch.sqrt(b_sq)
+    inverse = torch.where(b_norm > 0, 1.0 / b_norm.clamp_min(1e-300), 0.0)
+    _, cols = torch.topk(-(dots * inverse[None, :]), k, dim=1, largest=False, sorted=True)
+    near_dots = dots.gather(1, cols)
+    norms = torch.sqrt(a_sq)[:, None] * b_norm[cols]
+    return 1.0 - torch.where(norms > 0, near_dots / norms.clamp_min(1e-300), 0.0), cols

@@ -12,7 +12,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from classifiers.kernel import RBFSVMHead, RBFSVMHeadCV, _OneVsOne, _rbf
+from classifiers.kernel import RBFSVMHead, RBFSVMHeadCV
 from classifiers.mlp import MLPHead, MLPHeadCV, _fit_batch
 
 
@@ -59,28 +59,17 @@ def test_rbf_head_is_scikit_learns_svc(problem, n_classes: int) -> None:
     )
 
 
-@pytest.mark.parametrize("n_classes", [2, 3, 7])
-@pytest.mark.parametrize("class_weight", [None, "balanced"])
-def test_one_vs_one_products_give_libsvms_votes_and_values(
-    problem, n_classes: int, class_weight
-) -> None:
-    """Predictions and decision values as matrix products equal libsvm's own, from a kernel
-    whose columns are every training row (the search) or the support vectors only (a head)."""
-    X, y = problem(n_classes, class_sep=1.5, n_samples=400)
-    X = X.astype(np.float32)
-    K_train, K_test = _rbf(X[:300], X[:300], 0.05), _rbf(X[300:], X[:300], 0.05)
-    svc = SVC(kernel="precomputed", C=5.0, class_weight=class_weight).fit(K_train, y[:300])
-    assert 0 < len(svc.support_) < 300  # some rows are not support vectors
-    every_row = _OneVsOne(svc, columns=svc.support_)
-    support_only = _OneVsOne(svc)
-    expected = svc.predict(K_test)
-    np.testing.assert_array_equal(svc.classes_[every_row.predict(K_test)], expected)
-    np.testing.assert_array_equal(
-        svc.classes_[support_only.predict(K_test[:, svc.support_])], expected
-    )
-    np.testing.assert_allclose(
-        every_row.scores(K_test), svc.decision_function(K_test), rtol=1e-10, atol=1e-12
-    )
+def test_rbf_heads_reuse_a_kernel_only_for_their_own_fit_and_the_same_rows(problem) -> None:
+    X, y = problem(3, class_sep=0.8, n_samples=240)
+    first = RBFSVMHead(C=3.0).fit(X[:120], y[:120])
+    second = RBFSVMHead(C=0.3).fit(X[120:], y[120:])
+    expected = second.decision_function(X)
+    first.decision_function(X)  # the kept kernel is now the first head's
+    np.testing.assert_array_equal(second.decision_function(X), expected)
+    changed = X.copy()
+    changed[0] += 1.0  # the same array shape, other content: a new kernel
+    np.testing.assert_array_equal(second.decision_function(changed)[1:], expected[1:])
+    assert not np.array_equal(second.decision_function(changed)[0], expected[0])
 
 
 def test_rbf_head_leaves_out_rows_of_weight_zero(problem) -> None:
