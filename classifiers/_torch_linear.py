@@ -40,6 +40,7 @@ difference by exactly ``d * s``, so the pairs stay exact.
 from __future__ import annotations
 
 import contextlib
+import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -225,6 +226,27 @@ class _Work:
         )
 
 
+#: A run of rows: (start, stop, the fits taking part as a (B,) bool array, or None for all).
+Run = tuple[int, int, np.ndarray | None]
+
+
+def _segments(idle: np.ndarray) -> tuple[np.ndarray | None, list[Run]]:
+    """Rows ordered by the fits they take no part in (``idle``: (B, n), weight 0), and the
+    runs of that order: (start, stop, fits taking part as a (B,) bool array, or ``None`` when
+    every fit does). Rows that every fit uses keep their order and make one run."""
+    if not idle.any():
+        return None, [(0, idle.shape[1], None)]
+    _, code = np.unique(idle.T, axis=0, return_inverse=True)
+    code = code.reshape(-1)
+    order = np.argsort(code, kind="stable")
+    bounds = [0, *(np.flatnonzero(np.diff(code[order])) + 1).tolist(), len(order)]
+    runs = []
+    for start, stop in itertools.pairwise(bounds):
+        taking = ~idle[:, order[start]]
+        runs.append((start, stop, None if taking.all() else taking))
+    return order, runs
+
+
 def _rows_of(problems: torch.Tensor, cpp: int) -> torch.Tensor:
     """Output rows of ``problems`` (each owns ``cpp`` consecutive outputs)."""
     offsets = torch.arange(cpp, device=problems.device)
@@ -272,15 +294,23 @@ class Batch:
         self.loss = loss
         self.device = device
         self.basis = basis
-        self.X = basis.rows(X)
+        weights = np.asarray(weights, dtype=np.float64)
+        # Rows grouped by the fits they take no part in (each CV fold's held-out rows): a block
+        # of such rows leaves those fits out of its products (a fifth of them at 5 folds).
+        self.order, self.segments = _segments(weights == 0)
+        rotated = basis.rows(X)
+        self.X = rotated if self.order is None else rotated[torch.as_tensor(self.order)]
         self.n, self.D = self.X.shape
         self.K = 1 if binary else int(n_classes)  # outputs per fit
         self.B = int(weights.shape[0])
         self.cpp = self.K if loss == "log_loss" else 1  # outputs per problem
         self.n_out = self.B * self.K
         self.n_problems = self.n_out // self.cpp
-        self.y = torch.as_tensor(np.asarray(y, dtype=np.int64), device=device)
-        w = torch.as_tensor(np.asarray(weights, dtype=np.float64), device=device)
+        y = np.asarray(y, dtype=np.int64)
+        if self.order is not None:
+            y, weights = y[self.order], weights[:, self.order]
+        self.y = torch.as_tensor(y, device=device)
+        w = torch.as_tensor(weights, device=device)
         self.mass = w.sum(dim=1)  # m_b
         if bool((self.mass <= 0).any()):
             raise ValueError("every fit needs at least one row with a positive weight")
@@ -332,16 +362,26 @@ class Batch:
         return torch.addmm(P[:, self.D], self.X[start:stop], P[:, : self.D].T)
 
     def predict(self, P: torch.Tensor) -> np.ndarray:
-        """Arg-max class of every row under every fit, (n, B) int64."""
+        """Arg-max class of every row under every fit, (n, B) int64, rows in the order given."""
         out = torch.empty(self.n, self.B, dtype=torch.int64, device=self.device)
-        for start, stop in self._blocks(self.n_out):
+        for start, stop, _ in self._blocks(self.n_out):
             z = self.logits(P, start, stop).view(stop - start, self.B, self.K)
             out[start:stop] = (z[:, :, 0] > 0).long() if self.K == 1 else z.argmax(dim=2)
-        return out.cpu().numpy()
+        found = out.cpu().numpy()
+        if self.order is None:
+            return found
+        given = np.empty_like(found)
+        given[self.order] = found
+        return given
 
-    def _blocks(self, width: int) -> list[tuple[int, int]]:
+    def _blocks(self, width: int) -> list[Run]:
+        """(start, stop, fits taking part or ``None`` for all) of each block of rows."""
         rows = max(1, _BLOCK_ELEMENTS // max(1, width))
-        return [(s, min(s + rows, self.n)) for s in range(0, self.n, rows)]
+        return [
+            (s, min(s + rows, stop), active)
+            for start, stop, active in self.segments
+            for s in range(start, stop, rows)
+        ]
 
     # -- objective -----------------------------------------------------------------------------
 
@@ -380,13 +420,26 @@ class Batch:
         f = torch.zeros(len(work.problems), dtype=torch.float64, device=self.device)
         G = torch.zeros_like(P)
         curvature = torch.zeros(P.shape[0], device=self.device)
-        for start, stop in self._blocks(P.shape[0]):
-            z = self.logits(P, start, stop)
-            loss, dz, curv = self._loss_block(z, start, stop, work.outputs, fits)
-            f += loss
-            G[:, : self.D].addmm_(dz.T, self.X[start:stop])
-            G[:, self.D] += dz.sum(dim=0)
-            curvature += curv
+        for start, stop, active in self._blocks(P.shape[0]):
+            if active is None:
+                z = self.logits(P, start, stop)
+                loss, dz, curv = self._loss_block(z, start, stop, work.outputs, fits)
+                f += loss
+                G[:, : self.D].addmm_(dz.T, self.X[start:stop])
+                G[:, self.D] += dz.sum(dim=0)
+                curvature += curv
+                continue
+            # Only the fits these rows take part in.
+            taking = torch.as_tensor(active, device=self.device)[fits]
+            if not bool(taking.any()):
+                continue
+            outs = torch.nonzero(taking.repeat_interleave(self.cpp)).squeeze(1)
+            z = self.logits(P[outs], start, stop)
+            loss, dz, curv = self._loss_block(z, start, stop, work.outputs[outs], fits[taking])
+            f[taking] += loss
+            G[outs, : self.D] += dz.T @ self.X[start:stop]
+            G[outs, self.D] += dz.sum(dim=0)
+            curvature[outs] += curv
         W = P[:, : self.D]
         G[:, : self.D] += self._expand(work.lam) * W
         norm_sq = (W * W).view(-1, self.cpp * self.D).sum(dim=1).to(torch.float64)

@@ -281,3 +281,29 @@ def test_a_head_fitted_on_a_handful_of_rows_uses_fewer_folds() -> None:
     X[y == 1] += 3.0
     head = LinearHeadCV(cv=5, Cs=[0.1, 1.0]).fit(X, y)
     assert head.n_splits_ == 3
+
+
+def test_rows_are_grouped_by_the_fits_that_leave_them_out() -> None:
+    """Each CV fold's held-out rows form one run that leaves that fold's fit out of the
+    products; rows every fit uses keep their order; a single fit of every row is one run."""
+    from classifiers._torch_linear import _segments
+
+    idle = np.array(
+        [
+            [0, 1, 0, 0, 1, 0],  # fit 0 leaves out rows 1 and 4
+            [1, 0, 0, 1, 0, 0],  # fit 1 leaves out rows 0 and 3
+        ],
+        dtype=bool,
+    )
+    order, runs = _segments(idle)
+    assert sorted(order.tolist()) == list(range(6))
+    for start, stop, taking in runs:
+        rows = order[start:stop]
+        expected = ~idle[:, rows[0]]
+        assert (~idle[:, rows] == expected[:, None]).all()  # one pattern per run
+        assert (taking is None) == bool(expected.all())
+        if taking is not None:
+            np.testing.assert_array_equal(taking, expected)
+    every = [r for r in runs if r[2] is None]
+    assert order[every[0][0] : every[0][1]].tolist() == [2, 5]
+    assert _segments(np.zeros((1, 4), dtype=bool)) == (None, [(0, 4, None)])
