@@ -125,6 +125,42 @@ _LAST_KERNEL_LOCK = threading.Lock()
 _LAST_KERNEL_MAX_BYTES = 1 << 28
 
 
+def _available_bytes() -> int | None:
+    """Memory the system has free now (Linux's MemAvailable), or None where unknown."""
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def _check_kernel_memory(n_rows: int, kernels: float, available: int | None) -> None:
+    """Refuse, in one line, a fit whose float64 kernels (``kernels`` matrices of ``n_rows``
+    squared entries alive at once) would not fit in the memory free now: every training row
+    is a row and a column of the kernel, so 50,000 rows need 20 GB for one."""
+    need = 8.0 * kernels * float(n_rows) ** 2
+    if available is not None and need > 0.8 * available:
+        raise MemoryError(
+            f"rbf_svm needs {need / 2**30:.1f} GiB for its kernel matrices on {n_rows} training "
+            f"rows, more than the {available / 2**30:.1f} GiB free; leave it out (--heads) or "
+            "use fewer rows"
+        )
+
+
+def _kernels_fit(n_rows: int, kernels: float, available: int | None) -> bool | None:
+    """Whether :func:`_check_kernel_memory` would accept (None: memory unknown)."""
+    if available is None:
+        return None
+    try:
+        _check_kernel_memory(n_rows, kernels, available)
+    except MemoryError:
+        return False
+    return True
+
+
 def _svc(C: float, class_weight: Any, tol: float, cache_size: float) -> SVC:
     return SVC(kernel="precomputed", C=C, class_weight=class_weight, tol=tol, cache_size=cache_size)
 
@@ -210,6 +246,7 @@ class RBFSVMHead(ClassifierMixin, BaseEstimator):
         X, y = validate_data(self, X, y, dtype=[np.float32, np.float64], ensure_min_samples=2)
         check_classification_targets(y)
         weights = None if sample_weight is None else _check_sample_weight(sample_weight, X)
+        _check_kernel_memory(X.shape[0], 1, _available_bytes())
         return self._fit_training(_training(X, y, weights, self.gamma))
 
     def _fit_training(self, training: _Training) -> RBFSVMHead:
@@ -418,6 +455,11 @@ class RBFSVMHeadCV(ClassifierMixin, BaseEstimator):
         folds = _splits(self.cv, X, y, groups, self.random_state)
         settings = {k: getattr(self, k) for k in ("gamma", "class_weight", "tol", "cache_size")}
         jobs = min(len(folds) * len(Cs), default_n_jobs() if self.n_jobs is None else self.n_jobs)
+        # Alive at once: a fold's training and held-out kernels per thread, and the refit's.
+        available = _available_bytes()
+        while jobs > 1 and _kernels_fit(X.shape[0], jobs + 1, available) is False:
+            jobs -= 1
+        _check_kernel_memory(X.shape[0], jobs + 1, available)
         predictions, training = _search(X, y, folds, Cs, settings, weights, jobs)
         score = SCORERS[self.scoring]
         table = np.array(
