@@ -297,9 +297,14 @@ class Batch:
         weights = np.asarray(weights, dtype=np.float64)
         # Rows grouped by the fits they take no part in (each CV fold's held-out rows): a block
         # of such rows leaves those fits out of its products (a fifth of them at 5 folds).
-        self.order, self.segments = _segments(weights == 0)
-        rotated = basis.rows(X)
-        self.X = rotated if self.order is None else rotated[torch.as_tensor(self.order)]
+        self.order, runs = _segments(weights == 0)
+        self.segments = [
+            (start, stop, None if taking is None else torch.as_tensor(taking, device=device))
+            for start, stop, taking in runs
+        ]
+        self.X = basis.rows(X)
+        if self.order is not None:
+            self.X = self.X[torch.as_tensor(self.order, device=device)]
         self.n, self.D = self.X.shape
         self.K = 1 if binary else int(n_classes)  # outputs per fit
         self.B = int(weights.shape[0])
@@ -374,8 +379,9 @@ class Batch:
         given[self.order] = found
         return given
 
-    def _blocks(self, width: int) -> list[Run]:
-        """(start, stop, fits taking part or ``None`` for all) of each block of rows."""
+    def _blocks(self, width: int) -> list[tuple[int, int, torch.Tensor | None]]:
+        """(start, stop, fits taking part as a (B,) bool tensor, or ``None`` for all) of each
+        block of rows."""
         rows = max(1, _BLOCK_ELEMENTS // max(1, width))
         return [
             (s, min(s + rows, stop), active)
@@ -430,7 +436,7 @@ class Batch:
                 curvature += curv
                 continue
             # Only the fits these rows take part in.
-            taking = torch.as_tensor(active, device=self.device)[fits]
+            taking = active[fits]
             if not bool(taking.any()):
                 continue
             outs = torch.nonzero(taking.repeat_interleave(self.cpp)).squeeze(1)
