@@ -248,9 +248,16 @@ def _step(fits: _Fits, plan: _Plan, batch: Any, lr: float, torch: Any) -> None:
     fits.steps += stepping
     correction1 = 1.0 - _BETA1 ** fits.steps.clamp_min(1)
     correction2 = 1.0 - _BETA2 ** fits.steps.clamp_min(1)
+    every = bool(stepping.all())
     with torch.no_grad():
         for p, g, (m, v) in zip(fits.params, grads, fits.moments, strict=True):
             shape = (-1,) + (1,) * (p.dim() - 1)
+            if every:  # in place, the same arithmetic as below (no masks, fewer temporaries)
+                m.mul_(_BETA1).add_(g * (1.0 - _BETA1))
+                v.mul_(_BETA2).add_(g * g * (1.0 - _BETA2))
+                denominator = (v / correction2.view(shape)).sqrt_().add_(_EPS)
+                p.sub_((m / correction1.view(shape)).div_(denominator).mul_(lr))
+                continue
             on = stepping.view(shape)
             m.copy_(torch.where(on, m * _BETA1 + g * (1.0 - _BETA1), m))
             v.copy_(torch.where(on, v * _BETA2 + g * g * (1.0 - _BETA2), v))
