@@ -17,7 +17,6 @@ Everything here is numpy and scikit-learn (no torch).
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -33,6 +32,7 @@ from threadpoolctl import threadpool_limits
 
 from classifiers.cv_table import store_search
 from classifiers.linear import SCORERS, _splits, default_n_jobs
+from classifiers.memo import LastResult, content_key
 from classifiers.one_vs_one import OneVsOne
 
 __all__ = ["RBFSVMHead", "RBFSVMHeadCV"]
@@ -117,12 +117,14 @@ def _rbf(A: np.ndarray, B: np.ndarray | None, gamma: float) -> np.ndarray:
     return K
 
 
-#: The last kernel :meth:`RBFSVMHead._kernel` computed, with the fitted ``SVC`` it was for and
-#: the rows' content digest: evaluating a head asks for its predictions and its decision values
-#: on the same rows, one kernel for both (at 100 classes, 2,000 x 8,000: 1.5 s each).
-_LAST_KERNEL: dict[str, Any] = {}
-_LAST_KERNEL_LOCK = threading.Lock()
+#: The last kernel :meth:`RBFSVMHead._kernel` computed, keyed by the fitted ``SVC`` it was for
+#: and the rows' content: evaluating a head asks for its predictions and its decision values on
+#: the same rows, one kernel for both (at 100 classes, 2,000 x 8,000: 1.5 s each). Kernels over
+#: the size below are not kept.
+_LAST_KERNEL = LastResult()
 _LAST_KERNEL_MAX_BYTES = 1 << 28
+#: The share of the free memory the kernels may take.
+_MEMORY_SHARE = 0.8
 
 
 def _available_bytes() -> int | None:
@@ -137,28 +139,21 @@ def _available_bytes() -> int | None:
     return None
 
 
-def _check_kernel_memory(n_rows: int, kernels: float, available: int | None) -> None:
-    """Refuse, in one line, a fit whose float64 kernels (``kernels`` matrices of ``n_rows``
-    squared entries alive at once) would not fit in the memory free now: every training row
-    is a row and a column of the kernel, so 50,000 rows need 20 GB for one."""
-    need = 8.0 * kernels * float(n_rows) ** 2
-    if available is not None and need > 0.8 * available:
+def _kernel_bytes(n_rows: int, kernels: int) -> float:
+    """Bytes of ``kernels`` float64 kernel matrices of ``n_rows`` squared entries: every
+    training row is a row and a column of the kernel, so 50,000 rows need 20 GB for one."""
+    return 8.0 * kernels * float(n_rows) ** 2
+
+
+def _check_kernel_memory(n_rows: int, kernels: int, available: int | None) -> None:
+    """Refuse, in one line, a fit whose kernels would not fit in the memory free now."""
+    need = _kernel_bytes(n_rows, kernels)
+    if available is not None and need > _MEMORY_SHARE * available:
         raise MemoryError(
             f"rbf_svm needs {need / 2**30:.1f} GiB for its kernel matrices on {n_rows} training "
             f"rows, more than the {available / 2**30:.1f} GiB free; leave it out (--heads) or "
             "use fewer rows"
         )
-
-
-def _kernels_fit(n_rows: int, kernels: float, available: int | None) -> bool | None:
-    """Whether :func:`_check_kernel_memory` would accept (None: memory unknown)."""
-    if available is None:
-        return None
-    try:
-        _check_kernel_memory(n_rows, kernels, available)
-    except MemoryError:
-        return False
-    return True
 
 
 def _svc(C: float, class_weight: Any, tol: float, cache_size: float) -> SVC:
@@ -264,20 +259,11 @@ class RBFSVMHead(ClassifierMixin, BaseEstimator):
         check_is_fitted(self, "svc_")
         X = validate_data(self, X, reset=False, dtype=[np.float32, np.float64])
         X = np.ascontiguousarray(X)
-        key = (
-            id(self.svc_),
-            X.dtype.str,
-            X.shape,
-            hashlib.blake2b(memoryview(X).cast("B"), digest_size=16).digest(),
+        return _LAST_KERNEL.get(
+            (self.svc_, content_key(X)),  # the fitted SVC compares by identity
+            lambda: _rbf(_standardize(X, self.mean_, self.scale_), self.support_rows_, self.gamma_),
+            keep=lambda K: K.nbytes <= _LAST_KERNEL_MAX_BYTES,
         )
-        with _LAST_KERNEL_LOCK:
-            if _LAST_KERNEL.get("key") == key and _LAST_KERNEL.get("svc") is self.svc_:
-                return _LAST_KERNEL["K"]
-        K = _rbf(_standardize(X, self.mean_, self.scale_), self.support_rows_, self.gamma_)
-        if K.nbytes <= _LAST_KERNEL_MAX_BYTES:
-            with _LAST_KERNEL_LOCK:
-                _LAST_KERNEL.update(key=key, svc=self.svc_, K=K)
-        return K
 
     def decision_function(self, X: Any) -> np.ndarray:
         """``SVC``'s decision values: one column (class 1's side) for two classes, else the
@@ -457,7 +443,11 @@ class RBFSVMHeadCV(ClassifierMixin, BaseEstimator):
         jobs = min(len(folds) * len(Cs), default_n_jobs() if self.n_jobs is None else self.n_jobs)
         # Alive at once: a fold's training and held-out kernels per thread, and the refit's.
         available = _available_bytes()
-        while jobs > 1 and _kernels_fit(X.shape[0], jobs + 1, available) is False:
+        while (
+            jobs > 1
+            and available is not None
+            and _kernel_bytes(X.shape[0], jobs + 1) > _MEMORY_SHARE * available
+        ):
             jobs -= 1
         _check_kernel_memory(X.shape[0], jobs + 1, available)
         predictions, training = _search(X, y, folds, Cs, settings, weights, jobs)

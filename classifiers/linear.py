@@ -28,10 +28,8 @@ regularisation). The search's fits stop at ``search_tol``, the final refit at ``
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
-import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -43,6 +41,8 @@ from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
+
+from classifiers.memo import LastResult, content_key
 
 __all__ = [
     "DEFAULT_CS",
@@ -169,12 +169,11 @@ def _prepare(est: Any, X: Any, y: Any, sample_weight: Any) -> _Prepared:
     return _Prepared(X, y_idx.astype(np.int64), classes, sw)
 
 
-#: The last fit's centred rows, column means and basis, keyed by the rows' content (a BLAKE2
-#: digest), the seed and the device. A sweep fits logreg and the linear SVM, a search and its
-#: refit, on the same rows: the basis (an eigendecomposition of the D x D covariance, 1.3 s at
-#: D = 2,048 here) and the rotated rows are computed once. Rows over the size below are not kept.
-_SHARED: dict[str, Any] = {}
-_SHARED_LOCK = threading.Lock()
+#: The last fit's centred rows, column means and basis, keyed by the rows' content, the seed
+#: and the device. A sweep fits logreg and the linear SVM, a search and its refit, on the same
+#: rows: the basis (an eigendecomposition of the D x D covariance, 1.3 s at D = 2,048 here) and
+#: the rotated rows are computed once. Rows over the size below are not kept.
+_SHARED = LastResult()
 _SHARED_MAX_BYTES = 1 << 29
 
 
@@ -209,17 +208,14 @@ class _Session:
         """:meth:`rows` and their solving coordinates (``make_basis``), shared with the last
         fit on the same rows (:data:`_SHARED`)."""
         X32 = np.ascontiguousarray(X, dtype=np.float32)
-        if X32.nbytes > _SHARED_MAX_BYTES:
+
+        def make() -> tuple[Any, np.ndarray, Any]:
             rows, mean = self.rows(X32)
             return rows, mean, self.tl.make_basis(rows, seed=seed)
-        digest = hashlib.blake2b(memoryview(X32).cast("B"), digest_size=16).digest()
-        key = (digest, X32.shape, seed, str(self.device))
-        with _SHARED_LOCK:
-            if _SHARED.get("key") != key:
-                _SHARED.clear()
-                rows, mean = self.rows(X32)
-                _SHARED.update(key=key, value=(rows, mean, self.tl.make_basis(rows, seed=seed)))
-            return _SHARED["value"]
+
+        if X32.nbytes > _SHARED_MAX_BYTES:
+            return make()
+        return _SHARED.get((content_key(X32), seed, str(self.device)), make)
 
     def batch(
         self,
