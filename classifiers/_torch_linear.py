@@ -366,18 +366,31 @@ class Batch:
         """Logits of rows ``start:stop`` for the outputs of ``P``, (rows, outputs)."""
         return torch.addmm(P[:, self.D], self.X[start:stop], P[:, : self.D].T)
 
-    def predict(self, P: torch.Tensor) -> np.ndarray:
-        """Arg-max class of every row under every fit, (n, B) int64, rows in the order given."""
+    def predict(self, P: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """Arg-max class (n, B) int64 and unweighted loss (n, B) float64 of every row under
+        every fit, rows in the order given."""
         out = torch.empty(self.n, self.B, dtype=torch.int64, device=self.device)
+        losses = torch.empty(self.n, self.B, dtype=torch.float64, device=self.device)
         for start, stop, _ in self._blocks(self.n_out):
             z = self.logits(P, start, stop).view(stop - start, self.B, self.K)
             out[start:stop] = (z[:, :, 0] > 0).long() if self.K == 1 else z.argmax(dim=2)
-        found = out.cpu().numpy()
+            losses[start:stop] = self._row_losses(z, self.y[start:stop])
+        found, loss = out.cpu().numpy(), losses.cpu().numpy()
         if self.order is None:
-            return found
-        given = np.empty_like(found)
-        given[self.order] = found
-        return given
+            return found, loss
+        given, given_loss = np.empty_like(found), np.empty_like(loss)
+        given[self.order], given_loss[self.order] = found, loss
+        return given, given_loss
+
+    def _row_losses(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Each row's loss under each fit, (rows, B) float64, from its logits (rows, B, K)."""
+        if self.loss == "log_loss":
+            index = y.view(-1, 1, 1).expand(-1, z.shape[1], 1)
+            return (torch.logsumexp(z, dim=2) - z.gather(2, index).squeeze(2)).double()
+        classes = self.out_class[: self.K]
+        signs = torch.where(y[:, None] == classes[None, :], 1.0, -1.0)  # (rows, K)
+        slack = torch.clamp(1.0 - signs[:, None, :] * z, min=0.0)
+        return (slack * slack).double().sum(dim=2)
 
     def _blocks(self, width: int) -> list[tuple[int, int, torch.Tensor | None]]:
         """(start, stop, fits taking part as a (B,) bool tensor, or ``None`` for all) of each

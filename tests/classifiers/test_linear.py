@@ -13,7 +13,7 @@ import pytest
 from scipy.optimize import minimize
 from sklearn.base import clone
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import accuracy_score
+from sklearn.metrics import accuracy_score, log_loss
 from sklearn.model_selection import GridSearchCV, StratifiedKFold
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
@@ -158,6 +158,42 @@ def test_cv_search_scores_each_fold_as_separate_fits_would(problem, loss: str) -
             )
     assert search.best_score_ == results["mean_test_score"][search.best_index_]
     assert search.best_score_ == max(results["mean_test_score"])
+
+
+def _mean_loss(head: LinearHead, X: np.ndarray, y: np.ndarray, loss: str) -> float:
+    """The head's mean loss on ``(X, y)``: log-loss, or the one-vs-rest squared hinge."""
+    if loss == "log_loss":
+        return log_loss(y, head.predict_proba(X), labels=head.classes_)
+    z = head.decision_function(X)
+    if z.ndim == 1:
+        t = np.where(y == head.classes_[1], 1.0, -1.0)
+        return float(np.mean(np.maximum(0.0, 1.0 - t * z) ** 2))
+    t = np.where(y[:, None] == head.classes_[None, :], 1.0, -1.0)
+    return float(np.mean(np.sum(np.maximum(0.0, 1.0 - t * z) ** 2, axis=1)))
+
+
+@pytest.mark.parametrize("loss", ["log_loss", "squared_hinge"])
+@pytest.mark.parametrize("n_classes", [2, 3])
+def test_accuracy_ties_go_to_the_lower_held_out_loss(problem, loss: str, n_classes: int) -> None:
+    """Well separated rows tie on CV accuracy over decades of C; the tie goes to the C whose
+    held-out rows have the lowest mean loss, and that loss is the folds' own fits' loss."""
+    X, y = problem(n_classes, class_sep=3.0, flip_y=0.0)
+    folds = list(StratifiedKFold(4, shuffle=True, random_state=0).split(X, y))
+    Cs = np.logspace(-3, 3, 7)
+    search = LinearHeadCV(loss, Cs=Cs, refine=0, cv=folds, search_tol=1e-6).fit(X, y)
+    results = search.cv_results_
+    top = np.flatnonzero(results["mean_test_score"] == results["mean_test_score"].max())
+    assert len(top) >= 2, "the problem must tie on accuracy for this test to mean anything"
+    losses = results["mean_test_loss"]
+    assert search.best_index_ == top[np.argmin(losses[top])]
+    assert search.C_ != results["param_C"][top].min()  # not simply the strongest regularisation
+    assert results["rank_test_score"][search.best_index_] == 1
+    for i in (top[0], search.best_index_):
+        alone = [
+            _mean_loss(LinearHead(loss, C=Cs[i], tol=1e-6).fit(X[a], y[a]), X[b], y[b], loss)
+            for a, b in folds
+        ]
+        assert losses[i] == pytest.approx(np.mean(alone), rel=1e-2, abs=1e-4)
 
 
 def test_cv_search_covers_the_wide_range_then_refines(problem) -> None:
