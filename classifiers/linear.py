@@ -34,6 +34,7 @@ import math
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -87,13 +88,15 @@ def default_n_jobs() -> int:
 SMALL_WORK = 1 << 24
 
 
-def free_cores(loadavg: str = "/proc/loadavg") -> int:
-    """Cores of this process not taken by another runnable task right now (at least 1).
+def free_cores(loadavg: str = "/proc/loadavg", tasks: str = "/proc/self/task") -> int:
+    """Cores of this process not taken by another process's runnable task right now (at least 1).
 
-    Read from the kernel's count of runnable tasks (``/proc/loadavg``), less this one; where it
-    cannot be read, every core. A torch thread pool wider than the free cores spins at each of
-    its barriers while a thread waits to be scheduled: on this project's shared 2-core machine,
-    with other work running, two threads made the batched heads 4-7x slower than one
+    Read from the kernel's count of runnable tasks (``/proc/loadavg``), less this process's own
+    runnable threads (``tasks``: the calling thread, and a thread pool that is still spinning
+    after its last parallel region, which must not make the next fit shrink its own pool);
+    where it cannot be read, every core. A torch thread pool wider than the free cores spins at
+    each of its barriers while a thread waits to be scheduled: on this project's shared 2-core
+    machine, with other work running, two threads made the batched heads 4-7x slower than one
     (``benchmarks/RESULTS.md``, issue 11).
     """
     cores = default_n_jobs()
@@ -102,7 +105,21 @@ def free_cores(loadavg: str = "/proc/loadavg") -> int:
             running = int(handle.read().split()[3].split("/")[0])
     except (OSError, ValueError, IndexError):
         return cores
-    return max(1, min(cores, cores - (running - 1)))
+    return max(1, min(cores, cores - (running - _own_running(tasks))))
+
+
+def _own_running(tasks: str) -> int:
+    """This process's threads in the running state (``R`` in ``/proc/self/task/*/stat``), at
+    least 1: the caller."""
+    count = 0
+    for stat in Path(tasks).glob("*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:  # the thread ended
+            continue
+        end = text.rfind(")")  # the state follows the command name, which may hold spaces
+        count += text[end + 2 : end + 3] == "R"
+    return max(1, count)
 
 
 def _threads(n_jobs: int | None, work: float) -> int:

@@ -297,16 +297,17 @@ def test_default_threads_are_the_cores_free_now(tmp_path, monkeypatch) -> None:
     pool spins at its barriers on a shared machine. An explicit n_jobs is obeyed."""
     monkeypatch.setattr(linear, "default_n_jobs", lambda: 4)
     loadavg = tmp_path / "loadavg"
-    for running, free in [(1, 4), (2, 3), (4, 1), (9, 1)]:
+    tasks = tmp_path / "task"
+    for tid, state in [(10, "R"), (11, "S"), (12, "R")]:  # this process: 2 threads running
+        (tasks / str(tid)).mkdir(parents=True)
+        (tasks / str(tid) / "stat").write_text(f"{tid} (a (b) c) {state} 1 2 3\n")
+    for running, free in [(2, 4), (3, 3), (5, 1), (9, 1)]:
         loadavg.write_text(f"0.50 0.40 0.30 {running}/210 4242\n")
-        assert linear.free_cores(str(loadavg)) == free
-    assert linear.free_cores(str(tmp_path / "absent")) == 4
-    monkeypatch.setattr(linear, "free_cores", lambda: 2)
-    big = float(linear.SMALL_WORK) * 4
-    assert linear._threads(None, big) == 2
-    assert linear._threads(3, big) == 3
-    assert linear._threads(-1, big) == 4
-    assert linear._threads(None, 1.0) == 1
+        assert linear.free_cores(str(loadavg), str(tasks)) == free
+    assert linear.free_cores(str(tmp_path / "absent"), str(tasks)) == 4
+    # With no thread list, the caller alone counts as this process's.
+    loadavg.write_text("0.50 0.40 0.30 2/210 4242\n")
+    assert linear.free_cores(str(loadavg), str(tmp_path / "none")) == 3
 
 
 def test_a_head_fitted_on_a_handful_of_rows_uses_fewer_folds() -> None:
