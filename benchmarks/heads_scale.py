@@ -17,8 +17,9 @@ Data:
 - ``real``: cached efficientnet_lite0 rows (``FEATURESTORE_CACHE``; missing rows are an error,
   nothing is extracted) of ``builtin:digits`` (10 classes), hymenoptera (2), catvnoncat (2) and
   caltech101 (101 classes, 8,677 photos, no split: the sweep's seeded stratified hash split of
-  the image keys, test fraction 0.2, seed 0), plus each one's 32x32 raw-pixel rows. Caltech101
-  accuracy is reported plain and as mean per-class accuracy.
+  the image keys, test fraction 0.2, seed 0), plus each one's 16x16 raw-pixel rows (the
+  sweep's default baseline). Caltech101 accuracy is reported plain and as mean per-class
+  accuracy.
 - ``classes`` / ``rows`` / ``widths``: hard synthetic rows (``hard()``: classes whose centres
   overlap in a 64-d latent space, mapped to the width with noise, ReLU'd like pooled features,
   5% of labels flipped; far from separable), along one axis at a time from 10,000 x 2,048.
@@ -145,7 +146,7 @@ def synthetic_set(n: int, d: int, k: int) -> FeatureSet:
 
 
 def real_sets(name: str) -> tuple[list[FeatureSet], str, float]:
-    """efficientnet_lite0 rows (from the cache only) and 32x32 raw pixels; the split's
+    """efficientnet_lite0 rows (from the cache only) and 16x16 raw pixels; the split's
     description; seconds spent reading rows and decoding pixels (not part of the sweep)."""
     from featurestore.featuresets import build_sweep_data
 
