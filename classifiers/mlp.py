@@ -9,11 +9,12 @@ an :class:`MLPHead`, whose prediction is numpy only (a saved head needs no torch
 The model follows scikit-learn's ``MLPClassifier`` as this project configured it (256 ReLU
 units, softmax output, cross-entropy plus ``alpha / 2 * |W|^2 / batch rows``, Adam at 3e-3,
 Glorot-uniform start, batches of 200 of a fit's rows, early stopping on 10% of its rows
-after 10 epochs without a gain above ``tol``, the best epoch's weights kept), with two changes
-that make it cheap on wide features, each applied per fit to that fit's own training rows:
-the columns are standardised, and reduced to their top ``max_features`` principal directions
-(randomised subspace iteration; 256 by default, and never more than the fit's rows span) when
-wider. The hidden layer's cost then no longer grows with the feature width.
+after 10 epochs without a gain above ``tol``, the best epoch's weights kept; without early
+stopping, a stop after 10 epochs in which the training loss did not fall by ``tol``), with two
+changes that make it cheap on wide features, each applied per fit to that fit's own training
+rows: the columns are standardised, and reduced to their top ``max_features`` principal
+directions (randomised subspace iteration; 256 by default, and never more than the fit's rows
+span) when wider. The hidden layer's cost then no longer grows with the feature width.
 """
 
 from __future__ import annotations
@@ -93,6 +94,9 @@ class _Fits:
     best: list[Any]
     best_score: Any  # (F,)
     stale: Any  # (F,) epochs without improvement
+    best_loss: Any  # (F,) lowest epoch training loss (the stopping rule without validation)
+    epoch_loss: Any  # (F,) this epoch's summed training loss, weighted by batch rows
+    epoch_rows: Any  # (F,) rows behind epoch_loss
     epochs: Any  # (F,)
     steps: Any  # (F,) Adam steps taken
     index: Any  # (F,) position of each fit in the caller's list
@@ -108,6 +112,9 @@ class _Fits:
             best=[take(b) for b in self.best],
             best_score=self.best_score[keep],
             stale=self.stale[keep],
+            best_loss=self.best_loss[keep],
+            epoch_loss=self.epoch_loss[keep],
+            epoch_rows=self.epoch_rows[keep],
             epochs=self.epochs[keep],
             steps=self.steps[keep],
             index=self.index[keep],
@@ -131,6 +138,9 @@ def _start(F: int, p: int, h: int, K: int, generator: Any, torch: Any, device: A
         best=[t.detach().clone() for t in params],
         best_score=torch.full((F,), -math.inf, device=device),
         stale=torch.zeros(F, dtype=torch.int64, device=device),
+        best_loss=torch.full((F,), math.inf, device=device),
+        epoch_loss=torch.zeros(F, device=device),
+        epoch_rows=torch.zeros(F, device=device),
         epochs=torch.zeros(F, dtype=torch.int64, device=device),
         steps=torch.zeros(F, dtype=torch.int64, device=device),
         index=torch.arange(F, device=device),
@@ -246,6 +256,8 @@ def _step(fits: _Fits, plan: _Plan, batch: Any, lr: float, torch: Any) -> None:
     per_fit = (loss * weights).sum(dim=1) / safe + 0.5 * plan.alpha[index] * norms / safe
     grads = torch.autograd.grad((per_fit * stepping).sum(), fits.params)
     fits.steps += stepping
+    fits.epoch_loss += per_fit.detach() * count
+    fits.epoch_rows += count
     correction1 = 1.0 - _BETA1 ** fits.steps.clamp_min(1)
     correction2 = 1.0 - _BETA2 ** fits.steps.clamp_min(1)
     every = bool(stepping.all())
@@ -267,9 +279,18 @@ def _step(fits: _Fits, plan: _Plan, batch: Any, lr: float, torch: Any) -> None:
 
 def _end_epoch(fits: _Fits, plan: _Plan, early: Any, est: Any, torch: Any) -> Any:
     """Validation accuracy, best weights and the stopping rule (scikit-learn's: more than
-    ``patience`` epochs without a gain of ``tol``); returns which fits are done."""
+    ``patience`` epochs without a gain of ``tol`` in validation accuracy, or, for a fit without
+    validation rows, without a fall of ``tol`` in its epoch's training loss, penalty included);
+    returns which fits are done."""
     index = fits.index
     fits.epochs += 1
+    loss = fits.epoch_loss / fits.epoch_rows.clamp_min(1e-12)
+    fell = loss <= fits.best_loss - est.tol
+    plain = ~early[index]
+    fits.stale = torch.where(plain & fell, torch.zeros_like(fits.stale), fits.stale + plain)
+    fits.best_loss = torch.minimum(fits.best_loss, loss)
+    fits.epoch_loss.zero_()
+    fits.epoch_rows.zero_()
     val = plan.val[index]
     if bool(val.any()):
         with torch.no_grad():
@@ -279,12 +300,15 @@ def _end_epoch(fits: _Fits, plan: _Plan, early: Any, est: Any, torch: Any) -> An
             hit = (pred == plan.y[rows][None, :]) & val[:, rows]
             score = hit.sum(dim=1) / val[:, rows].sum(dim=1).clamp_min(1)
             improved = score >= fits.best_score + est.tol
-            fits.stale = torch.where(improved, torch.zeros_like(fits.stale), fits.stale + 1)
+            validated = early[index]
+            fits.stale = torch.where(
+                validated, torch.where(improved, 0, fits.stale + 1), fits.stale
+            )
             better = score > fits.best_score
             for best, p in zip(fits.best, fits.params, strict=True):
                 best[better] = p.detach()[better]
             fits.best_score = torch.maximum(fits.best_score, score)
-    return (early[index] & (fits.stale > est.patience)) | (fits.epochs >= est.max_epochs)
+    return (fits.stale > est.patience) | (fits.epochs >= est.max_epochs)
 
 
 def _keep_final(
@@ -299,7 +323,8 @@ def _keep_final(
         mask = use_best.view(shape)
         out[index] = chosen * mask + current * ~mask
     epochs[index] = fits.epochs[done]
-    best[index] = fits.best_score[done]
+    # Best validation accuracy; NaN (as ``best`` starts) for a fit without validation rows.
+    best[index] = fits.best_score[done].masked_fill(~use_best, math.nan)
 
 
 class _MLPParams:
@@ -351,6 +376,8 @@ class MLPHead(_MLPParams, ClassifierMixin, BaseEstimator):
         max_epochs: Most passes over the rows.
         early_stopping: Stop when the accuracy on ``validation_fraction`` of the rows has not
             gained ``tol`` for more than ``patience`` epochs; keep the best epoch's weights.
+            Without it (or without validation rows), stop when the epoch's training loss has
+            not fallen by ``tol`` for more than ``patience`` epochs (scikit-learn's rule).
         max_features: Principal directions kept when the rows are wider.
         precision: Training's matrix products: ``"fp32"``, ``"bf16"`` (float32 weights and
             sums), or ``"auto"``: bf16 where the hardware computes it natively.

@@ -220,3 +220,36 @@ def test_mlp_search_reports_its_alphas(three_class) -> None:
     assert search.best_score_ == max(results["mean_test_score"])
     assert search.best_estimator_.alpha == search.best_params_["alpha"]
     assert (search.predict(X_test) == y_test).mean() >= 0.85
+
+
+def test_without_early_stopping_the_training_loss_stops_it_as_scikit_learn_does(problem) -> None:
+    """Without validation rows a fit stops once its epoch's training loss has not fallen by
+    ``tol`` for ``patience`` epochs (scikit-learn's rule), rather than running every epoch."""
+    X, y = problem(4, n_samples=900, n_features=40, n_informative=12, class_sep=1.0)
+    train, test = slice(0, 600), slice(600, None)
+    ref = Pipeline(
+        [
+            ("scale", StandardScaler()),
+            (
+                "mlp",
+                MLPClassifier(
+                    hidden_layer_sizes=(256,),
+                    learning_rate_init=3e-3,
+                    early_stopping=False,
+                    max_iter=300,
+                    random_state=0,
+                ),
+            ),
+        ]
+    ).fit(X[train], y[train])
+    ours = MLPHead(early_stopping=False, max_epochs=300).fit(X[train], y[train])
+    assert ref[-1].n_iter_ < 300  # scikit-learn stopped on its training loss
+    assert ours.n_iter_ < 300
+    assert abs(ours.n_iter_ - ref[-1].n_iter_) <= 0.5 * ref[-1].n_iter_, (
+        ours.n_iter_,
+        ref[-1].n_iter_,
+    )
+    ref_acc = (ref.predict(X[test]) == y[test]).mean()
+    our_acc = (ours.predict(X[test]) == y[test]).mean()
+    assert abs(our_acc - ref_acc) <= 0.04, (our_acc, ref_acc)
+    assert np.isnan(ours.best_validation_score_)

@@ -116,6 +116,11 @@ def write_manifest(spec: dict[str, Any], data_dir: Path, base: Path) -> tuple[by
     """The manifest's bytes, and per data row: (cells by column name, physical end line)."""
     buf = io.StringIO()
     writer = csv.writer(buf, quoting=spec["quoting"], lineterminator=spec["ending"])
+    # Python 3.11's writer quotes a cell holding a line-break character only when that
+    # character is in its line terminator: with "\n" endings a bare "\r" would be written
+    # unquoted, which every CSV reader (and RFC 4180) reads as the end of a record. Such a row
+    # is written with every cell quoted instead, as later Pythons quote it.
+    quoted = csv.writer(buf, quoting=csv.QUOTE_ALL, lineterminator=spec["ending"])
     header = spec["header"]
     line = 0
     planned = []
@@ -123,7 +128,8 @@ def write_manifest(spec: dict[str, Any], data_dir: Path, base: Path) -> tuple[by
     def emit(cells: list[str]) -> int:
         nonlocal line
         start = buf.tell()
-        writer.writerow(cells)
+        bare_cr = "\r" not in spec["ending"] and any("\r" in c for c in cells)
+        (quoted if bare_cr else writer).writerow(cells)
         line += len(re.findall(r"\r\n|\r|\n", buf.getvalue()[start:]))
         return line
 
