@@ -136,25 +136,25 @@ def test_mlp_learns_and_keeps_its_best_epoch(three_class) -> None:
     np.testing.assert_array_equal(head.coefs_[0], again.coefs_[0])  # same data, same seed
 
 
+def _four_class_problem(problem) -> tuple[np.ndarray, np.ndarray, slice, slice]:
+    """900 rows of 4 classes where the model matters; the first 600 train, the rest test."""
+    X, y = problem(4, n_samples=900, n_features=40, n_informative=12, class_sep=1.0)
+    return X, y, slice(0, 600), slice(600, None)
+
+
+def _scikit_learns_mlp(X: np.ndarray, y: np.ndarray, **options) -> Pipeline:
+    """The MLPClassifier the head replaces, as this project configured it, fitted."""
+    mlp = MLPClassifier(
+        hidden_layer_sizes=(256,), learning_rate_init=3e-3, random_state=0, **options
+    )
+    return Pipeline([("scale", StandardScaler()), ("mlp", mlp)]).fit(X, y)
+
+
 def test_mlp_is_as_accurate_as_scikit_learns(problem) -> None:
     """Same model, configuration and stopping rule as the MLPClassifier it replaces: held-out
     accuracy within a few rows of it (different random streams, so not the same weights)."""
-    X, y = problem(4, n_samples=900, n_features=40, n_informative=12, class_sep=1.0)
-    train, test = slice(0, 600), slice(600, None)
-    ref = Pipeline(
-        [
-            ("scale", StandardScaler()),
-            (
-                "mlp",
-                MLPClassifier(
-                    hidden_layer_sizes=(256,),
-                    learning_rate_init=3e-3,
-                    early_stopping=True,
-                    random_state=0,
-                ),
-            ),
-        ]
-    ).fit(X[train], y[train])
+    X, y, train, test = _four_class_problem(problem)
+    ref = _scikit_learns_mlp(X[train], y[train], early_stopping=True)
     ours = MLPHead().fit(X[train], y[train])
     ref_acc = (ref.predict(X[test]) == y[test]).mean()
     our_acc = (ours.predict(X[test]) == y[test]).mean()
@@ -225,23 +225,8 @@ def test_mlp_search_reports_its_alphas(three_class) -> None:
 def test_without_early_stopping_the_training_loss_stops_it_as_scikit_learn_does(problem) -> None:
     """Without validation rows a fit stops once its epoch's training loss has not fallen by
     ``tol`` for ``patience`` epochs (scikit-learn's rule), rather than running every epoch."""
-    X, y = problem(4, n_samples=900, n_features=40, n_informative=12, class_sep=1.0)
-    train, test = slice(0, 600), slice(600, None)
-    ref = Pipeline(
-        [
-            ("scale", StandardScaler()),
-            (
-                "mlp",
-                MLPClassifier(
-                    hidden_layer_sizes=(256,),
-                    learning_rate_init=3e-3,
-                    early_stopping=False,
-                    max_iter=300,
-                    random_state=0,
-                ),
-            ),
-        ]
-    ).fit(X[train], y[train])
+    X, y, train, test = _four_class_problem(problem)
+    ref = _scikit_learns_mlp(X[train], y[train], early_stopping=False, max_iter=300)
     ours = MLPHead(early_stopping=False, max_epochs=300).fit(X[train], y[train])
     assert ref[-1].n_iter_ < 300  # scikit-learn stopped on its training loss
     assert ours.n_iter_ < 300
