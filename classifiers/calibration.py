@@ -44,7 +44,8 @@ class ScoreCalibrated(MetaEstimatorMixin, ClassifierMixin, BaseEstimator):
         random_state: Seed of the stratified folds.
 
     Attributes (after ``fit``):
-        estimator_: ``estimator`` refitted on all of ``X``; ``predict`` is its ``predict``.
+        estimator_: ``estimator`` refitted on all of ``X`` (or, from :func:`with_probabilities`,
+            the fitted head itself); ``predict`` is its ``predict``.
         calibrator_: ``LogisticRegression`` from scores to class probabilities.
         classes_: The class labels, as in ``estimator_``.
     """
@@ -55,6 +56,13 @@ class ScoreCalibrated(MetaEstimatorMixin, ClassifierMixin, BaseEstimator):
         self.random_state = random_state
 
     def fit(self, X: Any, y: Any) -> ScoreCalibrated:
+        """Fit the calibrator on out-of-fold scores, then ``estimator`` on all of ``X``."""
+        self._calibrate(X, y)
+        self.estimator_ = clone(self.estimator).fit(X, y)
+        self.classes_ = self.estimator_.classes_
+        return self
+
+    def _calibrate(self, X: Any, y: Any) -> None:
         y = np.asarray(y)
         _, counts = np.unique(y, return_counts=True)
         folds = min(self.cv, int(counts.min()))
@@ -65,9 +73,6 @@ class ScoreCalibrated(MetaEstimatorMixin, ClassifierMixin, BaseEstimator):
             clone(self.estimator), X, y, cv=splitter, method="decision_function"
         )
         self.calibrator_ = LogisticRegression(max_iter=1000).fit(_as_columns(oof), y)
-        self.estimator_ = clone(self.estimator).fit(X, y)
-        self.classes_ = self.estimator_.classes_
-        return self
 
     def predict(self, X: Any) -> np.ndarray:
         check_is_fitted(self, "estimator_")
@@ -85,16 +90,14 @@ class ScoreCalibrated(MetaEstimatorMixin, ClassifierMixin, BaseEstimator):
 def with_probabilities(
     fitted: BaseEstimator, X_train: Any, y_train: Any, *, cv: int = 5, random_state: int = 0
 ) -> BaseEstimator:
-    """``fitted`` itself if it has ``predict_proba``, else a :class:`ScoreCalibrated` head fitted
-    on the same training rows.
-
-    Raises:
-        RuntimeError: The refitted head does not predict the training rows exactly as
-            ``fitted`` does (the head is not deterministic), so it could not stand in for it.
-    """
+    """``fitted`` itself if it has ``predict_proba``, else a :class:`ScoreCalibrated` head whose
+    calibrator is fitted on out-of-fold scores of the training rows ``fitted`` was fitted on,
+    and whose ``estimator_`` is ``fitted`` itself (not refitted: the same predictions by
+    construction, and one fit fewer)."""
     if not needs_calibration(fitted):
         return fitted
-    calibrated = ScoreCalibrated(fitted, cv=cv, random_state=random_state).fit(X_train, y_train)
-    if not np.array_equal(calibrated.predict(X_train), fitted.predict(X_train)):
-        raise RuntimeError("the refitted head predicts differently from the fitted one")
+    calibrated = ScoreCalibrated(fitted, cv=cv, random_state=random_state)
+    calibrated._calibrate(X_train, y_train)
+    calibrated.estimator_ = fitted
+    calibrated.classes_ = fitted.classes_
     return calibrated

@@ -37,6 +37,7 @@ def test_calibrated_head_keeps_predictions_and_gives_useful_probabilities(
     assert needs_calibration(fitted)
     calibrated = with_probabilities(fitted, X_tr, y_tr, cv=5)
     assert isinstance(calibrated, ScoreCalibrated)
+    assert calibrated.estimator_ is fitted  # the sweep's head itself, not a refit
     np.testing.assert_array_equal(calibrated.predict(X_te), fitted.predict(X_te))
     proba = calibrated.predict_proba(X_te)
     assert proba.shape == (len(X_te), n_classes)
