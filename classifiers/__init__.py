@@ -5,6 +5,13 @@ predict on machines without torch. Reports and saved heads are the application's
 (``featurestore.report``, ``featurestore.headfile``).
 """
 
+import os
+
+# The same numbers under any load (classifiers.linear's docstring): MKL's strict conditional
+# numerical reproducibility makes its matrix products independent of the thread count. MKL reads
+# this at its first call, so it is set on import, before any; a value the user chose is kept.
+os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
+
 from classifiers.folds import FoldPlan, plan_folds
 from classifiers.heads import HEADS, HeadSpec, get_head, list_heads
 from classifiers.linear import LinearHead, LinearHeadCV

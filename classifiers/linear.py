@@ -28,6 +28,15 @@ one-vs-rest squared hinge: a continuous score from the same CV fits), then to th
 The search's fits stop at ``search_tol``; the final refit, at ``tol``, starts from the mean of
 the folds' solutions at the chosen C (as scikit-learn's ``LogisticRegressionCV`` does), which
 lies near the whole split's optimum.
+
+The same numbers under any load. A fit's thread count follows the cores free at the time
+(:func:`free_cores`), so it changes with the machine's load; its results must not. MKL's matrix
+products are made independent of the thread count by its strict reproducibility mode
+(``MKL_CBWR=AUTO,STRICT``, set when ``classifiers`` is imported, before MKL's first call;
+without it a fifth of the entries of a product over 1,445 rows differed between one thread and
+two), and the eigen- and QR decompositions, whose results depend on the thread count, always
+run on every core this process may use (:func:`default_n_jobs`). A fit is then bit-identical
+at any ``n_jobs`` on one machine.
 """
 
 from __future__ import annotations
@@ -232,7 +241,8 @@ class _Session:
 
         def make() -> tuple[Any, np.ndarray, Any]:
             rows, mean = self.rows(X32)
-            return rows, mean, self.tl.make_basis(rows, seed=seed)
+            with self.tl.torch_threads(default_n_jobs()):  # the same numbers under any load
+                return rows, mean, self.tl.make_basis(rows, seed=seed)
 
         if X32.nbytes > _SHARED_MAX_BYTES:
             return make()

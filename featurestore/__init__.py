@@ -14,9 +14,14 @@ cached never imports it).
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any
 
 from featurestore.provenance import VERSION as __version__
+
+# As ``classifiers`` does on import (see classifiers.linear, "The same numbers under any load"):
+# set before the first MKL call, which extraction in this process may make before any head.
+os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
 
 __all__ = ["__version__", "extract", "load_features", "open_source"]
 

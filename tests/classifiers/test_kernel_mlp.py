@@ -172,6 +172,15 @@ def test_mlp_reduces_wide_rows_to_principal_directions(problem) -> None:
     assert MLPHead(max_features=64, max_epochs=5).fit(X, y).components_ is None
 
 
+def test_mlp_gives_the_same_head_on_one_thread_or_several(problem) -> None:
+    # Wide rows, so the principal directions (QR and eigen-decompositions) are computed too.
+    X, y = problem(10, n_samples=1500, n_features=400, n_informative=30, class_sep=1.0)
+    heads = [MLPHead(max_features=64, max_epochs=15, n_jobs=n).fit(X, y) for n in (1, 2)]
+    np.testing.assert_array_equal(heads[0].components_, heads[1].components_)
+    for a, b in zip(heads[0].coefs_, heads[1].coefs_, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_mlp_keeps_no_more_directions_than_its_rows_span(problem) -> None:
     """Fewer rows than ``max_features``: the centred rows span ``rows - 1`` directions, and
     the fit keeps those (the others carry no variance, only cost); CV fits keep as many as the

@@ -21,7 +21,7 @@ from sklearn.utils.class_weight import compute_sample_weight
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from classifiers import linear
-from classifiers.linear import DEFAULT_CS, LinearHead, LinearHeadCV
+from classifiers.linear import DEFAULT_CS, SMALL_WORK, LinearHead, LinearHeadCV
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -228,6 +228,19 @@ def test_same_data_and_seed_give_the_same_model(problem, loss: str) -> None:
     np.testing.assert_array_equal(first.coef_, second.coef_)
     np.testing.assert_array_equal(
         first.cv_results_["mean_test_score"], second.cv_results_["mean_test_score"]
+    )
+
+
+@pytest.mark.parametrize("loss", ["log_loss", "squared_hinge"])
+def test_any_thread_count_gives_the_same_model(problem, loss: str) -> None:
+    # Big enough for the threads to be used (SMALL_WORK): the thread count follows the load,
+    # the numbers must not (module docstring, "The same numbers under any load").
+    X, y = problem(10, n_samples=1500, n_features=400, n_informative=30, class_sep=1.0)
+    assert X.size * 10 * 3 >= SMALL_WORK
+    fits = [LinearHeadCV(loss, cv=3, n_jobs=n).fit(X, y) for n in (1, 2)]
+    np.testing.assert_array_equal(fits[0].coef_, fits[1].coef_)
+    np.testing.assert_array_equal(
+        fits[0].cv_results_["mean_test_loss"], fits[1].cv_results_["mean_test_loss"]
     )
 
 
