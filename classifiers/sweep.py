@@ -397,6 +397,9 @@ def run_sweep(
         results, failures = _sweep(feature_sets, specs, plans, data_notes, settings)
     if not results and len(failures) == 1 and failures[0].exception is not None:
         raise failures[0].exception  # one (set, head) pair: its own error, as it was raised
+    for failure in failures:  # one line each; the traceback for those who ask (-vv)
+        logger.warning("%s / %s failed: %s", failure.feature_set, failure.head, failure.error)
+        logger.debug("%s", failure.traceback)
     if not results:
         reasons = "; ".join(f"{f.feature_set}/{f.head}: {f.error}" for f in failures)
         raise RuntimeError(f"every head failed, nothing to rank: {reasons}")
@@ -457,7 +460,6 @@ def _sweep(
                 )
                 failures.append(failure)
                 line = f"{label}: FAILED {failure.error}"
-                logger.error("%s\n%s", line, failure.traceback)
             else:
                 results.append(result)
                 line = (

@@ -245,7 +245,8 @@ def fit_heads(
         done = f"sweep {_clock(time.perf_counter() - started)} elapsed, {i}/{len(cells)} done"
         if error is not None:
             failures.append(FailedHead(fs.name, head, error, seconds))
-            log.warning("%s failed: %s", label, error)
+            if progress is None:  # else the progress line below is the one notice
+                log.warning("%s failed: %s", label, error)
             say(f"{label}: FAILED after {seconds:.1f} s: {error} ({done})")
             continue
         results.append(result)

@@ -176,7 +176,9 @@ def test_the_saved_head_is_the_cv_choice_not_the_test_best(tmp_path: Path) -> No
     assert "It was not chosen: the held-out split only reports, it never selects." in markdown
 
 
-def test_one_heads_failure_loses_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_one_heads_failure_loses_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     class Broken(ClassifierMixin, BaseEstimator):
         def fit(self, X, y):
             raise ValueError("singular matrix (on purpose)")
@@ -195,6 +197,8 @@ def test_one_heads_failure_loses_nothing(tmp_path: Path, monkeypatch: pytest.Mon
     ]
     assert all("ValueError: singular matrix (on purpose)" in f.error for f in out.failures)
     assert sum("FAILED after" in line for line in lines) == 2
+    # The progress line is the one notice of each failure: no log line repeats it, no traceback.
+    assert not [r for r in caplog.records if "broken" in r.getMessage()]
     markdown = out.paths["markdown"].read_text()
     assert "## Failed heads" in markdown and "| honest | broken | ValueError:" in markdown
     assert out.paths["head"].is_file()

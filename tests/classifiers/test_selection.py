@@ -4,6 +4,7 @@ the data, failures that lose nothing, grid-edge notes, and the test accuracy's i
 
 from __future__ import annotations
 
+import logging
 from typing import ClassVar
 
 import numpy as np
@@ -310,9 +311,17 @@ def test_mlp_on_few_rows_runs_without_early_stopping(make_feature_set, replace_f
     assert result.estimator[-1].early_stopping is False
 
 
-def test_a_failing_head_is_recorded_and_the_others_go_on(good, replace_fs, monkeypatch) -> None:
+def test_a_failing_head_is_recorded_and_the_others_go_on(
+    good, replace_fs, monkeypatch, caplog
+) -> None:
     _register(monkeypatch, "broken", build=lambda: Pipeline([("clf", Recorder(fail=True))]))
-    results = run_sweep([good], heads=["gaussian_nb", "broken", "knn"], cv=3, n_jobs=1)
+    with caplog.at_level(logging.DEBUG, logger="classifiers.sweep"):
+        results = run_sweep([good], heads=["gaussian_nb", "broken", "knn"], cv=3, n_jobs=1)
+    # One line for the failure; its traceback only at DEBUG (the command line's -vv).
+    (warned,) = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert warned.getMessage() == "good / broken failed: RuntimeError: this head always fails"
+    assert all("Traceback" not in r.getMessage() for r in caplog.records if r.levelno > 10)
+    assert any("Traceback" in r.getMessage() for r in caplog.records if r.levelno == 10)
     assert isinstance(results, SweepResults)
     assert {r.head for r in results} == {"gaussian_nb", "knn"}
     (failure,) = results.failures
