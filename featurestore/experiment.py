@@ -233,13 +233,14 @@ def fit_heads(
     results: list[SweepResult] = []
     failures: list[FailedHead] = []
     started = time.perf_counter()
+    logged: set[str] = set()
     for i, (fs, head) in enumerate(cells, 1):
         label = f"[{i:>{width}}/{len(cells)}] {fs.name} / {head}"
         say(f"{label}: fitting {_settings(head, use_grid)} setting(s) x {cv}-fold CV")
         t = time.perf_counter()
         if grouped:  # one image (all its views), one fold
             keywords["groups"] = data.train_groups(fs.name)
-        with _heartbeat(progress, label, heartbeat):
+        with _heartbeat(progress, label, heartbeat), _each_message_once(_SWEEP_LOG, logged):
             result, error = _fit_one(fs, head, cv, use_grid, seed, keywords)
         seconds = time.perf_counter() - t
         done = f"sweep {_clock(time.perf_counter() - started)} elapsed, {i}/{len(cells)} done"
@@ -255,6 +256,28 @@ def fit_heads(
             f"test accuracy {result.accuracy:.4f} ({done})"
         )
     return results, failures
+
+
+#: ``run_sweep``'s logger: each call logs its feature set's data notes (such as a reduced fold
+#: count), and this module calls it once per (feature set, head) pair.
+_SWEEP_LOG = logging.getLogger("classifiers.sweep")
+
+
+@contextlib.contextmanager
+def _each_message_once(logger: logging.Logger, seen: set[str]) -> Iterator[None]:
+    """While inside, drop ``logger``'s messages already in ``seen`` (and add the new ones)."""
+
+    def new(record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        fresh = message not in seen
+        seen.add(message)
+        return fresh
+
+    logger.addFilter(new)
+    try:
+        yield
+    finally:
+        logger.removeFilter(new)
 
 
 VIEWS_NEED_GROUPS = (

@@ -209,6 +209,17 @@ def test_one_heads_failure_loses_nothing(
     assert "singular matrix" in (tmp_path / "all" / "leaderboard.md").read_text()
 
 
+def test_a_feature_sets_data_notes_are_logged_once_not_once_per_head(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    y, yt = np.array([0] * 50 + [1] * 10), np.array([0, 1] * 10)  # ratio 5: a note
+    data = crafted({"lopsided": (_blobs(60, y, 3.0, 1), y, _blobs(20, yt, 3.0, 2), yt)}, ["a", "b"])
+    settings = _settings(heads=["gaussian_nb", "logreg", "knn"], use_grid=False)
+    sweep_and_report(data, tmp_path / "r", settings=settings, source="x", progress=lambda _: None)
+    notes = [r for r in caplog.records if "classes are imbalanced" in r.getMessage()]
+    assert len(notes) == 1  # three heads, each its own run_sweep call
+
+
 def test_a_long_fit_says_it_is_still_fitting(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
