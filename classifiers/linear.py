@@ -227,6 +227,12 @@ class _Session:
     def __exit__(self, *exc: object) -> None:
         self.threads.__exit__(*exc)
 
+    def decomposition_threads(self) -> Any:
+        """A context running torch on every core this process may use, whatever the load: for
+        the eigen- and QR decompositions, whose results depend on the thread count (module
+        docstring, "The same numbers under any load")."""
+        return self.tl.torch_threads(default_n_jobs())
+
     def rows(self, X: np.ndarray) -> tuple[Any, np.ndarray]:
         """Centred float32 rows on the device, and the column means (float64)."""
         Xt = self.torch.as_tensor(np.ascontiguousarray(X, dtype=np.float32), device=self.device)
@@ -241,7 +247,7 @@ class _Session:
 
         def make() -> tuple[Any, np.ndarray, Any]:
             rows, mean = self.rows(X32)
-            with self.tl.torch_threads(default_n_jobs()):  # the same numbers under any load
+            with self.decomposition_threads():
                 return rows, mean, self.tl.make_basis(rows, seed=seed)
 
         if X32.nbytes > _SHARED_MAX_BYTES:

@@ -30,7 +30,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 
 from classifiers.cv_table import store_search
-from classifiers.linear import SCORERS, _Session, _splits, default_n_jobs
+from classifiers.linear import SCORERS, _Session, _splits
 
 __all__ = ["MLPHead", "MLPHeadCV"]
 
@@ -499,7 +499,7 @@ def _fit_batch(
         torch = session.torch
         generator = torch.Generator().manual_seed(seed)
         rows = torch.as_tensor(np.ascontiguousarray(X, dtype=np.float32), device=session.device)
-        with session.tl.torch_threads(default_n_jobs()):  # as classifiers.linear's basis
+        with session.decomposition_threads():
             preps = [
                 _prepare(rows, torch.as_tensor(r, device=session.device), width, generator, torch)
                 for r in row_sets

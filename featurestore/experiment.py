@@ -260,7 +260,7 @@ def fit_heads(
 
 #: ``run_sweep``'s logger: each call logs its feature set's data notes (such as a reduced fold
 #: count), and this module calls it once per (feature set, head) pair.
-_SWEEP_LOG = logging.getLogger("classifiers.sweep")
+_SWEEP_LOG = logging.getLogger(run_sweep.__module__)
 
 
 @contextlib.contextmanager
