@@ -101,5 +101,5 @@ def test_saving_again_replaces_both_files(fitted, saved_head: Path) -> None:
     other = get_head("gaussian_nb").build().fit(X, estimator.predict(X))
     save_head(other, saved_head, metadata={"class_names": ["x", "y", "z"]})
     loaded, sidecar = load_head(saved_head)
-    assert type(loaded[-1]).__name__ == "GaussianNBHead"  # the gaussian_nb head's class
+    assert type(loaded[-1]).__name__ == "GaussianNBHeadCV"  # the gaussian_nb head's class
     assert sidecar["metadata"] == {"class_names": ["x", "y", "z"]}

@@ -12,12 +12,17 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from classifiers.bayes import GaussianNBHead
+from classifiers.bayes import GaussianNBHead, GaussianNBHeadCV
 from classifiers.neighbors import KNeighborsHead, KNeighborsHeadCV
 
 
 @parametrize_with_checks(
-    [GaussianNBHead(), KNeighborsHeadCV(n_neighbors=(1, 3), cv=3), KNeighborsHead(3, "cosine")]
+    [
+        GaussianNBHead(),
+        GaussianNBHeadCV(var_smoothings=(1e-9, 1e-2), cv=3),
+        KNeighborsHeadCV(n_neighbors=(1, 3), cv=3),
+        KNeighborsHead(3, "cosine"),
+    ]
 )
 def test_scikit_learn_estimator_checks(estimator, check) -> None:
     check(estimator)
@@ -32,6 +37,39 @@ def test_naive_bayes_scores_equal_scikit_learns(problem, var_smoothing: float) -
     ref = GaussianNB(var_smoothing=var_smoothing).fit(X, y, sample_weight=weights)
     np.testing.assert_allclose(ours.predict_log_proba(X), ref.predict_log_proba(X), atol=1e-7)
     np.testing.assert_array_equal(ours.predict(X), ref.predict(X))
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_naive_bayes_search_scores_every_value_as_grid_search_does(problem, weighted) -> None:
+    X, y = problem(4, n_features=30, class_sep=0.7)
+    folds = list(StratifiedKFold(4, shuffle=True, random_state=0).split(X, y))
+    weights = 1.0 + (np.arange(len(y)) % 3) if weighted else None
+    values = [1e-9, 1e-3, 1e-2, 1e-1, 0.5]
+    ours = GaussianNBHeadCV(values, cv=folds).fit(X, y, sample_weight=weights)
+    # As the sweep passes them: the weights reach each fit, not the accuracy.
+    ref = GridSearchCV(
+        Pipeline([("clf", GaussianNBHead())]), {"clf__var_smoothing": values}, cv=folds
+    )
+    ref.fit(X, y, clf__sample_weight=weights)
+    for f in range(len(folds)):  # fold by fold, to the last bit
+        key = f"split{f}_test_score"
+        np.testing.assert_array_equal(ours.cv_results_[key], ref.cv_results_[key])
+    assert len(set(ours.cv_results_["mean_test_score"])) > 2  # the values do differ here
+    assert ours.best_params_ == {"var_smoothing": ref.best_params_["clf__var_smoothing"]}
+    np.testing.assert_array_equal(
+        ours.predict_log_proba(X), ref.best_estimator_.predict_log_proba(X)
+    )
+
+
+def test_naive_bayes_search_fits_each_fold_once(problem, monkeypatch) -> None:
+    X, y = problem(3, n_features=30)
+    fits = []
+    fit = GaussianNBHead.fit
+    monkeypatch.setattr(
+        GaussianNBHead, "fit", lambda self, *a, **k: fits.append(1) or fit(self, *a, **k)
+    )
+    GaussianNBHeadCV([1e-9, 1e-6, 1e-3, 1e-1], cv=5).fit(X, y)
+    assert len(fits) == 5 + 1  # a fit per fold, and the refit
 
 
 def test_knn_search_scores_every_point_as_grid_search_does(problem) -> None:
