@@ -25,9 +25,9 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.naive_bayes import GaussianNB
 from sklearn.utils.multiclass import check_classification_targets
-from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
+from sklearn.utils.validation import _check_sample_weight, validate_data
 
-from classifiers.cv_table import store_search
+from classifiers.cv_table import PredictsWithRefit, store_search
 from classifiers.linear import SCORERS, _splits
 
 __all__ = ["VAR_SMOOTHINGS", "GaussianNBHead", "GaussianNBHeadCV"]
@@ -51,7 +51,7 @@ class GaussianNBHead(GaussianNB):
         return constant - 0.5 * ((X * X) @ inverse.T) + X @ (self.theta_ * inverse).T
 
 
-class GaussianNBHeadCV(ClassifierMixin, BaseEstimator):
+class GaussianNBHeadCV(PredictsWithRefit, ClassifierMixin, BaseEstimator):
     """Gaussian naive Bayes choosing ``var_smoothing`` by cross-validation, one fit per fold.
 
     Scores every value exactly as ``GridSearchCV`` over :class:`GaussianNBHead` would (each
@@ -69,6 +69,8 @@ class GaussianNBHeadCV(ClassifierMixin, BaseEstimator):
         best_params_ (``{"var_smoothing"}``), best_score_, best_index_, cv_results_,
         n_splits_, best_estimator_ (the refit: a :class:`GaussianNBHead`), classes_.
     """
+
+    refit_methods = ("predict", "predict_proba", "predict_log_proba")
 
     def __init__(
         self,
@@ -109,21 +111,6 @@ class GaussianNBHeadCV(ClassifierMixin, BaseEstimator):
         self.best_estimator_ = refit.fit(X, y, sample_weight=weights)
         self.classes_ = self.best_estimator_.classes_
         return self
-
-    def predict(self, X: Any) -> np.ndarray:
-        """The class of highest posterior under the chosen smoothing."""
-        check_is_fitted(self, "best_estimator_")
-        return self.best_estimator_.predict(X)
-
-    def predict_proba(self, X: Any) -> np.ndarray:
-        """Posterior probability of each class."""
-        check_is_fitted(self, "best_estimator_")
-        return self.best_estimator_.predict_proba(X)
-
-    def predict_log_proba(self, X: Any) -> np.ndarray:
-        """Log posterior probability of each class."""
-        check_is_fitted(self, "best_estimator_")
-        return self.best_estimator_.predict_log_proba(X)
 
 
 def _part(weights: np.ndarray | None, rows: np.ndarray) -> np.ndarray | None:

@@ -1,18 +1,22 @@
 """The search results of the heads that cross-validate their own grid, in GridSearchCV's layout.
 
-``RBFSVMHeadCV``, ``MLPHeadCV`` and ``KNeighborsHeadCV`` score every setting on every fold
-themselves; :func:`store_search` records that table on the estimator as ``GridSearchCV`` does
-(``cv_results_``, ``best_index_``, ``best_params_``, ``best_score_``, ``n_splits_``), so the
-sweep reads every head's search the same way.
+``RBFSVMHeadCV``, ``MLPHeadCV``, ``KNeighborsHeadCV`` and ``GaussianNBHeadCV`` score every
+setting on every fold themselves; :func:`store_search` records that table on the estimator as
+``GridSearchCV`` does (``cv_results_``, ``best_index_``, ``best_params_``, ``best_score_``,
+``n_splits_``), so the sweep reads every head's search the same way, and
+:class:`PredictsWithRefit` gives them the refit's predictions, as ``GridSearchCV`` does.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+from sklearn.utils.metaestimators import available_if
+from sklearn.utils.validation import check_is_fitted
 
-__all__ = ["search_results", "store_search"]
+__all__ = ["PredictsWithRefit", "search_results", "store_search"]
 
 
 def search_results(params: list[dict[str, Any]], table: np.ndarray) -> dict[str, Any]:
@@ -42,3 +46,28 @@ def store_search(
     estimator.best_params_ = dict(params[best])
     estimator.best_score_ = float(results["mean_test_score"][best])
     estimator.n_splits_ = table.shape[1]
+
+
+def _of_refit(name: str, doc: str) -> Callable[..., np.ndarray]:
+    """The refit's method ``name``, present where the class lists it in ``refit_methods``."""
+
+    def method(self: Any, X: Any) -> np.ndarray:
+        check_is_fitted(self, "best_estimator_")
+        return getattr(self.best_estimator_, name)(X)
+
+    method.__name__ = method.__qualname__ = name
+    method.__doc__ = doc
+    return available_if(lambda self: name in self.refit_methods)(method)
+
+
+class PredictsWithRefit:
+    """``predict`` and, where the refit's class has them (``refit_methods``),
+    ``predict_proba``, ``predict_log_proba`` and ``decision_function``, all of
+    ``best_estimator_``."""
+
+    refit_methods: tuple[str, ...] = ("predict",)
+
+    predict = _of_refit("predict", "Predictions of the refit.")
+    predict_proba = _of_refit("predict_proba", "Class probabilities of the refit.")
+    predict_log_proba = _of_refit("predict_log_proba", "Log class probabilities of the refit.")
+    decision_function = _of_refit("decision_function", "Decision values of the refit.")

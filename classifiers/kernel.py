@@ -30,7 +30,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 from threadpoolctl import threadpool_limits
 
-from classifiers.cv_table import store_search
+from classifiers.cv_table import PredictsWithRefit, store_search
 from classifiers.linear import SCORERS, _splits, default_n_jobs
 from classifiers.memo import LastResult, content_key
 from classifiers.one_vs_one import OneVsOne
@@ -388,7 +388,7 @@ def _search(
     return per_fold, refit.get()
 
 
-class RBFSVMHeadCV(ClassifierMixin, BaseEstimator):
+class RBFSVMHeadCV(PredictsWithRefit, ClassifierMixin, BaseEstimator):
     """:class:`RBFSVMHead` choosing ``C`` by cross-validation (module docstring).
 
     Args:
@@ -404,6 +404,8 @@ class RBFSVMHeadCV(ClassifierMixin, BaseEstimator):
         best_params_ (``{"C"}``), best_score_, best_index_, cv_results_, n_splits_,
         best_estimator_ (the refit, a fitted :class:`RBFSVMHead`), classes_.
     """
+
+    refit_methods = ("predict", "decision_function")
 
     def __init__(
         self,
@@ -471,13 +473,3 @@ class RBFSVMHeadCV(ClassifierMixin, BaseEstimator):
 
     def _store(self, Cs: list[float], table: np.ndarray, best: int) -> None:
         store_search(self, [{"C": c} for c in Cs], table, best)
-
-    def decision_function(self, X: Any) -> np.ndarray:
-        """Decision values of the refit."""
-        check_is_fitted(self, "best_estimator_")
-        return self.best_estimator_.decision_function(X)
-
-    def predict(self, X: Any) -> np.ndarray:
-        """Predictions of the refit."""
-        check_is_fitted(self, "best_estimator_")
-        return self.best_estimator_.predict(X)

@@ -29,7 +29,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 
-from classifiers.cv_table import store_search
+from classifiers.cv_table import PredictsWithRefit, store_search
 from classifiers.linear import SCORERS, _Session, _splits
 
 __all__ = ["MLPHead", "MLPHeadCV"]
@@ -566,7 +566,7 @@ def _store_fit(head: MLPHead, fitted: _Fitted, f: int) -> None:
     head.best_validation_score_ = float(fitted.best[f])
 
 
-class MLPHeadCV(_MLPParams, ClassifierMixin, BaseEstimator):
+class MLPHeadCV(PredictsWithRefit, _MLPParams, ClassifierMixin, BaseEstimator):
     """:class:`MLPHead` choosing ``alpha`` by cross-validation, every (fold, alpha) fit trained
     in one batch (module docstring).
 
@@ -581,6 +581,8 @@ class MLPHeadCV(_MLPParams, ClassifierMixin, BaseEstimator):
         best_params_ (``{"alpha"}``), best_score_, best_index_, cv_results_, n_splits_,
         best_estimator_ (the refit, a fitted :class:`MLPHead`), classes_.
     """
+
+    refit_methods = ("predict", "predict_proba")
 
     def __init__(
         self,
@@ -666,16 +668,6 @@ class MLPHeadCV(_MLPParams, ClassifierMixin, BaseEstimator):
 
     def _store(self, alphas: list[float], table: np.ndarray, best: int) -> None:
         store_search(self, [{"alpha": a} for a in alphas], table, best)
-
-    def predict_proba(self, X: Any) -> np.ndarray:
-        """Class probabilities of the refit."""
-        check_is_fitted(self, "best_estimator_")
-        return self.best_estimator_.predict_proba(X)
-
-    def predict(self, X: Any) -> np.ndarray:
-        """Most probable class of the refit."""
-        check_is_fitted(self, "best_estimator_")
-        return self.best_estimator_.predict(X)
 
 
 _REFIT_KEYS = (

@@ -34,7 +34,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from classifiers.cv_table import store_search
+from classifiers.cv_table import PredictsWithRefit, store_search
 from classifiers.linear import SCORERS, _Session, _splits
 from classifiers.memo import LastResult, content_key
 
@@ -66,7 +66,7 @@ def _votes(labels: Any, distances: Any, n_classes: int, torch: Any) -> Any:
     return votes
 
 
-class KNeighborsHeadCV(ClassifierMixin, BaseEstimator):
+class KNeighborsHeadCV(PredictsWithRefit, ClassifierMixin, BaseEstimator):
     """Distance-weighted k-NN choosing ``n_neighbors`` and the metric by cross-validation.
 
     Args:
@@ -85,6 +85,8 @@ class KNeighborsHeadCV(ClassifierMixin, BaseEstimator):
         best_params_ (``{"n_neighbors", "metric"}``), best_score_, best_index_, cv_results_,
         n_splits_, best_estimator_ (the refit: a :class:`KNeighborsHead`), classes_.
     """
+
+    refit_methods = ("predict", "predict_proba")
 
     def __init__(
         self,
@@ -200,16 +202,6 @@ class KNeighborsHeadCV(ClassifierMixin, BaseEstimator):
     def _store(self, points: list[tuple[int, str]], table: np.ndarray, best: int) -> None:
         params = [{"n_neighbors": k, "metric": m} for k, m in points]
         store_search(self, params, table, best)
-
-    def predict(self, X: Any) -> np.ndarray:
-        """Class of the distance-weighted vote of the chosen neighbours."""
-        check_is_fitted(self, "best_estimator_")
-        return self.best_estimator_.predict(X)
-
-    def predict_proba(self, X: Any) -> np.ndarray:
-        """Distance-weighted share of each class among the chosen neighbours."""
-        check_is_fitted(self, "best_estimator_")
-        return self.best_estimator_.predict_proba(X)
 
 
 class KNeighborsHead(ClassifierMixin, BaseEstimator):
