@@ -5,7 +5,7 @@ point (6 points: 1, 5, 15 neighbours x euclidean, cosine). :class:`KNeighborsHea
 each fold's dot products between held-out and training rows once (a GEMM, in torch), ranks the
 candidates of both metrics from them, keeps the ``max(n_neighbors)`` nearest per metric, and
 scores every grid point from those. With ``standardize`` (default) each fold's rows are
-standardised with that fold's training rows' mean and deviation, exactly as
+standardised with that fold's training rows' mean and deviation (in float32), as
 ``Pipeline(StandardScaler(), KNeighborsClassifier())`` under ``GridSearchCV`` would (it costs
 nothing here: every fold has its own product anyway).
 
@@ -22,6 +22,7 @@ distance 0 and takes all of the weight, as scikit-learn's ``weights="distance"``
 
 from __future__ import annotations
 
+import importlib.util
 import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -274,9 +275,7 @@ class KNeighborsHead(ClassifierMixin, BaseEstimator):
         rows, labels = getattr(knn, "_fit_X", None), getattr(knn, "_y", None)
         if not isinstance(rows, np.ndarray) or labels is None or knn.n_neighbors > len(rows):
             return None
-        try:
-            import torch  # noqa: F401
-        except ImportError:
+        if importlib.util.find_spec("torch") is None:  # _Session imports it
             return None
         X = validate_data(self, X, reset=False, dtype=[np.float32, np.float64])
         query = np.ascontiguousarray(
