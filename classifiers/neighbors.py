@@ -15,9 +15,11 @@ from the same torch search against its fitted rows; the last query's class share
 (:data:`_LAST_VOTES`), so ``predict`` then ``predict_proba`` on the same rows, as an
 evaluation asks, search the neighbours once. Without torch, scikit-learn predicts.
 
-The ranking runs in float32 on the products (one pass per metric); the distances of the ``k``
-kept are computed in float64 from the rows themselves, so a training row queried again is at
-distance 0 and takes all of the weight, as scikit-learn's ``weights="distance"`` means.
+The ranking runs in float32 on the products (one pass per metric). For predictions, the
+distances of the ``k`` kept are then computed from the rows themselves (the norm of their
+difference), so a training row queried again is at distance 0 and takes all of the weight, as
+scikit-learn's ``weights="distance"`` means, and a row's prediction does not depend on the rows
+queried with it; the CV takes them from the kept products, which costs nothing.
 """
 
 from __future__ import annotations
@@ -182,7 +184,7 @@ class KNeighborsHeadCV(PredictsWithRefit, ClassifierMixin, BaseEstimator):
                 query = scale(rows[te])
                 dots = query @ reference.rows.T
                 for metric in metrics:
-                    near_d, near_y = reference.nearest(dots, query, metric, max(ks))
+                    near_d, near_y = reference.nearest(dots, query, metric, max(ks), exact=False)
                     for k in ks:
                         votes = _votes(near_y[:, :k], near_d[:, :k], n_classes, torch)
                         fold_pred[(k, metric)].append(votes.argmax(dim=1).cpu().numpy())
@@ -319,45 +321,69 @@ class _Reference:
         self.torch = torch
         self.rows = rows
         self.labels = labels
-        norm = torch.linalg.vector_norm(rows, dim=1, dtype=torch.float64)
-        self.sq32 = (norm**2).float()
+        norm = torch.linalg.vector_norm(rows, dim=1)
+        self.norm64 = norm.double()
+        self.sq32 = norm**2
         self.inverse32 = _inverse(norm, torch)
         self.block = max(1, _BLOCK_ELEMENTS // max(1, rows.shape[0]))
 
-    def nearest(self, dots: Any, query: Any, metric: str, k: int) -> tuple[Any, Any]:
+    def nearest(
+        self, dots: Any, query: Any, metric: str, k: int, exact: bool = True
+    ) -> tuple[Any, Any]:
         """Distances (float64) and labels of each query row's ``k`` nearest, nearest first,
-        from the float32 products ``dots`` of the ``query`` rows with every row."""
-        distances, cols = _nearest(dots, query, self, metric, k, self.torch)
+        from the float32 products ``dots`` of the ``query`` rows with every row; ``exact``:
+        see :func:`_nearest`."""
+        distances, cols = _nearest(dots, query, self, metric, k, exact, self.torch)
         return distances, self.labels[cols]
 
 
 def _nearest(
-    dots: Any, query: Any, ref: _Reference, metric: str, k: int, torch: Any
+    dots: Any, query: Any, ref: _Reference, metric: str, k: int, exact: bool, torch: Any
 ) -> tuple[Any, Any]:
     """Distances (float64) and columns of each query row's ``k`` nearest, euclidean or cosine,
     nearest first.
 
     The ranking uses what varies along a row of the float32 products (``|b|^2 - 2 a.b``;
-    ``a.b / |b|``), one pass over them; the distances of the ``k`` kept are then computed in
-    float64 from the rows themselves (:func:`_distances`) and put in their order.
+    ``a.b / |b|``), one pass over them. The distances of the ``k`` kept then come, ``exact``,
+    from the rows themselves (:func:`_distances`: what predictions use), or else from the kept
+    products and the norms (:func:`_product_distances`: the CV's cheaper way), and are put in
+    their order.
     """
     if metric == "euclidean":
         _, cols = torch.topk(torch.add(ref.sq32, dots, alpha=-2.0), k, dim=1, largest=False)
     else:
         _, cols = torch.topk(dots * ref.inverse32, k, dim=1, largest=True)
-    distances = _distances(query, ref, cols, metric, torch)
-    order = torch.argsort(distances, dim=1, stable=True)  # float64 may reorder near-ties
+    if exact:
+        distances = _distances(query, ref, cols, metric, torch)
+    else:
+        distances = _product_distances(dots, query, ref, cols, metric, torch)
+    order = torch.argsort(distances, dim=1, stable=True)  # may reorder near-ties of the ranking
     return distances.gather(1, order), cols.gather(1, order)
 
 
+def _product_distances(
+    dots: Any, query: Any, ref: _Reference, cols: Any, metric: str, torch: Any
+) -> Any:
+    """float64 distances of each query row to ``ref.rows[cols]`` of its line from the float32
+    products and the norms (cosine: 1 where either row is 0); a duplicate is a rounding error
+    away rather than at 0."""
+    near = dots.gather(1, cols).double()
+    q_norm = torch.linalg.vector_norm(query, dim=1).double()[:, None]
+    b_norm = ref.norm64[cols]
+    if metric == "euclidean":
+        return torch.sqrt((q_norm**2 + b_norm**2 - 2.0 * near).clamp_min(0.0))
+    norms = q_norm * b_norm
+    return 1.0 - torch.where(norms > 0, near / norms.clamp_min(1e-300), 0.0)
+
+
 def _distances(query: Any, ref: _Reference, cols: Any, metric: str, torch: Any) -> Any:
-    """float64 distances of each query row to ``ref.rows[cols]`` of its line, from differences
+    """Distances (float64) of each query row to ``ref.rows[cols]`` of its line, from differences
     of the rows (cosine: half the squared difference of the unit rows, 1 where either row is 0),
     so a row's distances do not depend on the rows queried with it, and a duplicate's is 0."""
     step = max(1, _GATHER_ELEMENTS // max(1, cols.shape[1] * query.shape[1]))
     inverse_q = None
     if metric == "cosine":
-        inverse_q = _inverse(torch.linalg.vector_norm(query, dim=1, dtype=torch.float64), torch)
+        inverse_q = _inverse(torch.linalg.vector_norm(query, dim=1), torch)
     parts = []
     for start in range(0, query.shape[0], step):
         part = cols[start : start + step]
@@ -369,7 +395,8 @@ def _distances(query: Any, ref: _Reference, cols: Any, metric: str, torch: Any) 
             inv_b = ref.inverse32[part]
             # Both unit rows rounded alike (no fused multiply-add): a duplicate's is 0.
             diff = q * inv_q[..., None] - ref.rows[part] * inv_b[..., None]
-        norm = torch.linalg.vector_norm(diff, dim=2, dtype=torch.float64)
+        # float32 norms: torch's float64-accumulating norm of float32 rows is 50x slower.
+        norm = torch.linalg.vector_norm(diff, dim=2).double()
         if metric == "cosine":
             norm = torch.where((inv_q > 0) & (inv_b > 0), 0.5 * norm**2, 1.0)
         parts.append(norm)
@@ -377,5 +404,5 @@ def _distances(query: Any, ref: _Reference, cols: Any, metric: str, torch: Any) 
 
 
 def _inverse(norm: Any, torch: Any) -> Any:
-    """float32 inverse of float64 norms, 0 for a zero row."""
-    return torch.where(norm > 0, 1.0 / norm.clamp_min(1e-300), 0.0).float()
+    """float32 inverse of norms, 0 for a zero row."""
+    return torch.where(norm > 0, 1.0 / norm.clamp_min(torch.finfo(norm.dtype).tiny), 0.0).float()
