@@ -6,6 +6,7 @@ Keep this file small and additive: fixtures used by several test modules only.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
@@ -22,6 +23,16 @@ SHARED = REPO.parent / "shared" / "datasets"
 
 # Random weights and a 32 px input: a forward pass of 4 images takes a few milliseconds on CPU.
 TINY_BACKBONE = {"backbone": "mobilenet_v3_small", "weights": "none", "input_size": 32}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Ctrl-C reaches Python in every test process, as in a terminal. A suite started as a
+    background job of a shell without job control inherits SIGINT ignored (POSIX), and every
+    process it starts keeps it ignored, a multiprocessing fork server included: the Ctrl-C
+    tests of ``tests/extraction/test_signals.py`` then lost their signal (exit 0, expected
+    130) whenever another module had started the fork server first."""
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")
