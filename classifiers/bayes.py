@@ -28,7 +28,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import _check_sample_weight, validate_data
 
 from classifiers.cv_table import PredictsWithRefit, store_search
-from classifiers.linear import SCORERS, _splits
+from classifiers.linear import _splits, scorer
 
 __all__ = ["VAR_SMOOTHINGS", "GaussianNBHead", "GaussianNBHeadCV"]
 
@@ -93,14 +93,12 @@ class GaussianNBHeadCV(PredictsWithRefit, ClassifierMixin, BaseEstimator):
         values = [float(v) for v in self.var_smoothings]
         if not values or min(values) < 0:
             raise ValueError(f"var_smoothings must hold numbers >= 0, got {self.var_smoothings!r}")
-        if self.scoring not in SCORERS:
-            raise ValueError(f"scoring must be one of {sorted(SCORERS)}, got {self.scoring!r}")
+        score = scorer(self.scoring)
         X, y = validate_data(self, X, y, ensure_min_samples=2)
         check_classification_targets(y)
         weights = None if sample_weight is None else _check_sample_weight(sample_weight, X)
         _, y_idx = np.unique(y, return_inverse=True)
         folds = _splits(self.cv, X, y_idx, groups, self.random_state)
-        score = SCORERS[self.scoring]
         table = np.empty((len(values), len(folds)))
         for f, (train, test) in enumerate(folds):
             for v, model in enumerate(_smoothed(X[train], y[train], _part(weights, train), values)):

@@ -31,7 +31,7 @@ from sklearn.utils.validation import _check_sample_weight, check_is_fitted, vali
 from threadpoolctl import threadpool_limits
 
 from classifiers.cv_table import PredictsWithRefit, store_search
-from classifiers.linear import SCORERS, _splits, default_n_jobs
+from classifiers.linear import _splits, default_n_jobs, scorer
 from classifiers.memo import LastResult, content_key
 from classifiers.one_vs_one import OneVsOne
 
@@ -435,8 +435,7 @@ class RBFSVMHeadCV(PredictsWithRefit, ClassifierMixin, BaseEstimator):
         Cs = [float(c) for c in self.Cs]
         if not Cs or min(Cs) <= 0:
             raise ValueError(f"Cs must hold positive numbers, got {self.Cs!r}")
-        if self.scoring not in SCORERS:
-            raise ValueError(f"scoring must be one of {sorted(SCORERS)}, got {self.scoring!r}")
+        score = scorer(self.scoring)
         X, y = validate_data(self, X, y, dtype=[np.float32, np.float64], ensure_min_samples=2)
         check_classification_targets(y)
         weights = None if sample_weight is None else _check_sample_weight(sample_weight, X)
@@ -453,7 +452,6 @@ class RBFSVMHeadCV(PredictsWithRefit, ClassifierMixin, BaseEstimator):
             jobs -= 1
         _check_kernel_memory(X.shape[0], jobs + 1, available)
         predictions, training = _search(X, y, folds, Cs, settings, weights, jobs)
-        score = SCORERS[self.scoring]
         table = np.array(
             [
                 [score(y[test], predictions[f][c]) for f, (_, test) in enumerate(folds)]

@@ -86,6 +86,18 @@ SCORERS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
 }
 
 
+def scorer(name: str) -> Callable[[np.ndarray, np.ndarray], float]:
+    """The selection score called ``name``, from :data:`SCORERS`.
+
+    Raises:
+        ValueError: ``name`` is not one of them; the message lists them.
+    """
+    try:
+        return SCORERS[name]
+    except KeyError:
+        raise ValueError(f"scoring must be one of {sorted(SCORERS)}, got {name!r}") from None
+
+
 def default_n_jobs() -> int:
     """Cores this process may run on."""
     try:
@@ -555,8 +567,7 @@ class LinearHeadCV(_LinearPredictMixin, ClassifierMixin, BaseEstimator):
         in one fold when ``cv`` is an int or a group-aware splitter.
         """
         _check_common(self)
-        if self.scoring not in SCORERS:
-            raise ValueError(f"scoring must be one of {sorted(SCORERS)}, got {self.scoring!r}")
+        scorer(self.scoring)  # checked before any work
         if not (isinstance(self.refine, (int, np.integer)) and self.refine >= 0):
             raise ValueError(f"refine must be an integer >= 0, got {self.refine!r}")
         grid = self._grid()
@@ -619,7 +630,7 @@ class LinearHeadCV(_LinearPredictMixin, ClassifierMixin, BaseEstimator):
             weights[b] = mask * data.sample_weight * factors
         n_classes = len(data.classes)
         batch = session.batch(rows, basis, data.y_idx, n_classes, weights, self.loss)
-        score = SCORERS[self.scoring]
+        score = scorer(self.scoring)
 
         last: dict[str, Any] = {}  # parameters and predictions of the last evaluation
         best: dict[str, Any] = {}  # the best point so far and its solutions

@@ -30,7 +30,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 
 from classifiers.cv_table import PredictsWithRefit, store_search
-from classifiers.linear import SCORERS, _Session, _splits
+from classifiers.linear import _Session, _splits, scorer
 
 __all__ = ["MLPHead", "MLPHeadCV"]
 
@@ -627,8 +627,7 @@ class MLPHeadCV(PredictsWithRefit, _MLPParams, ClassifierMixin, BaseEstimator):
         alphas = [float(a) for a in self.alphas]
         if not alphas or min(alphas) < 0:
             raise ValueError(f"alphas must hold numbers >= 0, got {self.alphas!r}")
-        if self.scoring not in SCORERS:
-            raise ValueError(f"scoring must be one of {sorted(SCORERS)}, got {self.scoring!r}")
+        score = scorer(self.scoring)
         X, y = validate_data(self, X, y, dtype=[np.float32, np.float64], ensure_min_samples=2)
         check_classification_targets(y)
         classes, y_idx = np.unique(y, return_inverse=True)
@@ -648,7 +647,6 @@ class MLPHeadCV(PredictsWithRefit, _MLPParams, ClassifierMixin, BaseEstimator):
             seed,
             held_out=[test for _, test in folds],
         )
-        score = SCORERS[self.scoring]
         table = np.array(
             [
                 [

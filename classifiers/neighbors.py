@@ -38,7 +38,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from classifiers.cv_table import PredictsWithRefit, store_search
-from classifiers.linear import SCORERS, _Session, _splits
+from classifiers.linear import _Session, _splits, scorer
 from classifiers.memo import LastResult, content_key
 
 __all__ = ["METRICS", "KNeighborsHead", "KNeighborsHeadCV"]
@@ -120,8 +120,7 @@ class KNeighborsHeadCV(PredictsWithRefit, ClassifierMixin, BaseEstimator):
         unknown = [m for m in metrics if m not in METRICS]
         if not metrics or unknown:
             raise ValueError(f"metrics must be a non-empty subset of {METRICS}, got {metrics!r}")
-        if self.scoring not in SCORERS:
-            raise ValueError(f"scoring must be one of {sorted(SCORERS)}, got {self.scoring!r}")
+        scorer(self.scoring)  # checked before any work
         return ks, metrics
 
     def fit(self, X: Any, y: Any, groups: Any = None) -> KNeighborsHeadCV:
@@ -142,7 +141,7 @@ class KNeighborsHeadCV(PredictsWithRefit, ClassifierMixin, BaseEstimator):
             predictions = self._fold_predictions(
                 session, X, y_idx, len(classes), folds, ks, metrics
             )
-        score = SCORERS[self.scoring]
+        score = scorer(self.scoring)
         points = [(k, m) for m in metrics for k in ks]
         table = np.array(
             [

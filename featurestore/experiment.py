@@ -38,11 +38,11 @@ from typing import Any
 
 import numpy as np
 from sklearn.base import clone
-from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
 from sklearn.model_selection import StratifiedGroupKFold
 
 from classifiers.calibration import with_probabilities
 from classifiers.heads import get_head, list_heads
+from classifiers.linear import scorer
 from classifiers.metrics import evaluate
 from classifiers.sweep import FeatureSet, SweepResult, run_sweep
 from featurestore.errors import HeadError, OptionError
@@ -307,13 +307,6 @@ def _fit_one(
 
 
 # ----------------------------------------------------------------------------- views
-SCORERS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
-    "accuracy": accuracy_score,
-    "balanced_accuracy": balanced_accuracy_score,
-    "f1_macro": lambda t, p: f1_score(t, p, average="macro"),
-}
-
-
 def _replaced(result: SweepResult, **changes: Any) -> SweepResult:
     """``result`` with ``changes`` (those fields this ``SweepResult`` has)."""
     names = {f.name for f in dataclasses.fields(result)}
@@ -331,7 +324,7 @@ def _image_cv(
     V = fs.X_train.reshape(len(y), k, -1)
     keys = [r.key for r in data.train_records]
     folds = StratifiedGroupKFold(result.cv_folds, shuffle=True, random_state=seed)
-    score = SCORERS[scoring]
+    score = scorer(scoring)  # the sweep's own selection scores
     out: dict[bool, list[float]] = {False: [], True: []}
     for fit, val in folds.split(np.zeros(len(y)), y, groups=keys):
         model = clone(result.estimator).fit(V[fit].reshape(-1, V.shape[2]), np.repeat(y[fit], k))
