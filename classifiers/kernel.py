@@ -12,7 +12,12 @@ shared by every ``C``, each fold standardised with its own training rows (as a s
 Predictions and decision values are libsvm's one-vs-one votes and sums, computed here as matrix
 products (:class:`classifiers.one_vs_one.OneVsOne`) rather than by libsvm row by row.
 
-Everything here is numpy and scikit-learn (no torch).
+Past ``max_exact_rows`` training rows, or where the exact kernels would not fit in the free
+memory, :class:`RBFSVMHeadCV` fits a Nystroem approximation of the kernel with the batched linear
+SVM instead (:mod:`classifiers.nystroem`) and says so in ``search_notes_``.
+
+This module is numpy and scikit-learn (the approximation's linear solver uses torch inside
+``fit``).
 """
 
 from __future__ import annotations
@@ -33,88 +38,11 @@ from threadpoolctl import threadpool_limits
 from classifiers.cv_table import PredictsWithRefit, store_search
 from classifiers.linear import _splits, default_n_jobs, scorer
 from classifiers.memo import LastResult, content_key
+from classifiers.nystroem import MAX_EXACT_ROWS, N_COMPONENTS, fit_approximate
 from classifiers.one_vs_one import OneVsOne
+from classifiers.rbf import rbf_kernel, resolve_gamma, standardize, standardizer
 
 __all__ = ["RBFSVMHead", "RBFSVMHeadCV"]
-
-
-#: Rows per block wherever a whole-matrix temporary would be large: on this project's VM,
-#: touching fresh memory costs about 8 ms per MB, so a 6,400-row kernel built with
-#: whole-matrix float64 temporaries took 5.8 s and blockwise 1.1 s.
-_BLOCK = 512
-
-
-def _row_blocks(n: int) -> list[slice]:
-    return [slice(s, s + _BLOCK) for s in range(0, n, _BLOCK)]
-
-
-def _moments(rows: np.ndarray, weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Column means and population variances in float64, weighted by ``weights`` when given
-    (a row of weight 2 counts as that row twice); two passes over blocks of rows."""
-    total = float(rows.shape[0] if weights is None else weights.sum())
-    mean = np.zeros(rows.shape[1])
-    for b in _row_blocks(rows.shape[0]):
-        block = rows[b].astype(np.float64)
-        mean += block.sum(axis=0) if weights is None else weights[b] @ block
-    mean /= total
-    var = np.zeros(rows.shape[1])
-    for b in _row_blocks(rows.shape[0]):
-        block = rows[b] - mean
-        block *= block
-        var += block.sum(axis=0) if weights is None else weights[b] @ block
-    return mean, var / total
-
-
-def _standardizer(
-    rows: np.ndarray, weights: np.ndarray | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Column mean and deviation of ``rows`` (StandardScaler's: population, 1 where 0),
-    weighted by ``weights`` when given."""
-    mean, var = _moments(rows, weights)
-    scale = np.sqrt(var)
-    return mean, np.where(scale > 0, scale, 1.0)
-
-
-def _standardize(rows: np.ndarray, mean: np.ndarray, scale: np.ndarray) -> np.ndarray:
-    """``(rows - mean) / scale`` as float32 (computed in float64, block by block)."""
-    out = np.empty(rows.shape, dtype=np.float32)
-    for b in _row_blocks(rows.shape[0]):
-        out[b] = (rows[b] - mean) / scale
-    return out
-
-
-def _gamma(gamma: Any, Z: np.ndarray, weights: np.ndarray | None = None) -> float:
-    """``"scale"``: 1 / (columns * variance of every entry of the standardised training rows),
-    as SVC (weighted by ``weights`` when given)."""
-    if gamma == "scale":
-        means, variances = _moments(Z, weights)
-        # Every entry's variance: the columns' own, plus their means' spread around the mean.
-        var = float(np.mean(variances + (means - means.mean()) ** 2))
-        return 1.0 / (Z.shape[1] * var) if var > 0 else 1.0
-    if isinstance(gamma, (int, float)) and gamma > 0:
-        return float(gamma)
-    raise ValueError(f"gamma must be 'scale' or a positive number, got {gamma!r}")
-
-
-def _rbf(A: np.ndarray, B: np.ndarray | None, gamma: float) -> np.ndarray:
-    """exp(-gamma |a - b|^2) for every row pair of ``A`` and ``B``, float64 (the products in
-    float32), computed in blocks of rows. ``B=None``: ``A`` against itself, computed on and
-    above the diagonal and mirrored (half the products; exactly symmetric)."""
-    a_sq = np.einsum("ij,ij->i", A, A, dtype=np.float64)
-    b_sq = a_sq if B is None else np.einsum("ij,ij->i", B, B, dtype=np.float64)
-    K = np.empty((A.shape[0], A.shape[0] if B is None else B.shape[0]))
-    other = A if B is None else B
-    for block in _row_blocks(A.shape[0]):
-        cols = slice(block.start if B is None else 0, None)  # against itself: from the diagonal
-        out = K[block, cols]
-        np.add(a_sq[block, None], b_sq[None, cols], out=out)
-        out -= 2.0 * (A[block] @ other[cols].T)
-        np.maximum(out, 0.0, out=out)
-        out *= -gamma
-        np.exp(out, out=out)
-        if B is None:
-            K[block, : block.start] = K[: block.start, block].T
-    return K
 
 
 #: The last kernel :meth:`RBFSVMHead._kernel` computed, keyed by the fitted ``SVC`` it was for
@@ -199,10 +127,10 @@ def _training(X: np.ndarray, y: np.ndarray, weights: np.ndarray | None, gamma: A
     order = np.argsort(np.unique(y, return_inverse=True)[1], kind="stable")
     X, y = X[order], y[order]
     weights = None if weights is None else weights[order]
-    mean, scale = _standardizer(X, weights)
-    Z = _standardize(X, mean, scale)
-    g = _gamma(gamma, Z, weights)
-    return _Training(Z, mean, scale, g, _rbf(Z, None, g), y, weights)
+    mean, scale = standardizer(X, weights)
+    Z = standardize(X, mean, scale)
+    g = resolve_gamma(gamma, Z, weights)
+    return _Training(Z, mean, scale, g, rbf_kernel(Z, None, g), y, weights)
 
 
 class RBFSVMHead(ClassifierMixin, BaseEstimator):
@@ -261,7 +189,9 @@ class RBFSVMHead(ClassifierMixin, BaseEstimator):
         X = np.ascontiguousarray(X)
         return _LAST_KERNEL.get(
             (self.svc_, content_key(X)),  # the fitted SVC compares by identity
-            lambda: _rbf(_standardize(X, self.mean_, self.scale_), self.support_rows_, self.gamma_),
+            lambda: rbf_kernel(
+                standardize(X, self.mean_, self.scale_), self.support_rows_, self.gamma_
+            ),
             keep=lambda K: K.nbytes <= _LAST_KERNEL_MAX_BYTES,
         )
 
@@ -296,8 +226,8 @@ def _fold_kernels(
     """A fold's kernels, its rows standardised with its own training rows' statistics."""
     weights = None if sample_weight is None else sample_weight[train]
     training = _training(X[train], y[train], weights, gamma)
-    Z_test = _standardize(X[test], training.mean, training.scale)
-    return _FoldKernels(training, _rbf(Z_test, training.Z, training.gamma))
+    Z_test = standardize(X[test], training.mean, training.scale)
+    return _FoldKernels(training, rbf_kernel(Z_test, training.Z, training.gamma))
 
 
 class _Shared:
@@ -376,13 +306,16 @@ def _search(
             return None
         return _held_out_labels(shared[task[0]], Cs[task[1]], settings)
 
-    if threads <= 1:
-        labels = [run(t) for t in tasks]
-    else:
-        # One BLAS thread per task: the tasks are the parallelism (two 2-thread products on
-        # two cores spin against each other).
-        with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(threads) as pool:
-            labels = list(pool.map(run, tasks))
+    # One BLAS thread per task: the tasks are the parallelism (two 2-thread products on two
+    # cores spin against each other). On one thread as well, so the kernels are the same to the
+    # bit whatever ``threads`` is: on some CPUs (AVX2 without AVX-512 here) OpenBLAS's float32
+    # products differ in the last bits between one thread and two.
+    with threadpool_limits(limits=1, user_api="blas"):
+        if threads <= 1:
+            labels = [run(t) for t in tasks]
+        else:
+            with ThreadPoolExecutor(threads) as pool:
+                labels = list(pool.map(run, tasks))
     found = dict(zip(tasks, labels, strict=True))
     per_fold = [[found[(f, c)] for c in range(len(Cs))] for f in range(len(folds))]
     return per_fold, refit.get()
@@ -398,11 +331,19 @@ class RBFSVMHeadCV(PredictsWithRefit, ClassifierMixin, BaseEstimator):
             splitter, or an iterable of (train, test) index pairs.
         scoring: ``"accuracy"``, ``"balanced_accuracy"`` or ``"f1_macro"``.
         n_jobs: Threads the (fold, C) fits are spread over (``None``: every core).
-        random_state: Seed of the folds when ``cv`` is an int.
+        random_state: Seed of the folds when ``cv`` is an int, and of the landmarks.
+        approximate: ``"auto"`` (the Nystroem approximation past ``max_exact_rows`` training
+            rows or where the exact kernels would not fit in the free memory), ``True`` or
+            ``False`` (always / never; the exact head refuses kernels larger than the memory).
+        n_components: Landmarks of the approximation.
+        max_exact_rows: See ``approximate``.
 
     Attributes:
         best_params_ (``{"C"}``), best_score_, best_index_, cv_results_, n_splits_,
-        best_estimator_ (the refit, a fitted :class:`RBFSVMHead`), classes_.
+        best_estimator_ (the refit: a fitted :class:`RBFSVMHead`, or for the approximation a
+        ``Pipeline`` of scaler, :class:`~classifiers.nystroem.RBFNystroem` map and
+        :class:`~classifiers.linear.LinearHead`), classes_, approximated_ (bool),
+        search_notes_ (what a report should say about how the head was fitted).
     """
 
     refit_methods = ("predict", "decision_function")
@@ -419,6 +360,9 @@ class RBFSVMHeadCV(PredictsWithRefit, ClassifierMixin, BaseEstimator):
         scoring: str = "accuracy",
         n_jobs: int | None = None,
         random_state: int | None = 0,
+        approximate: Any = "auto",
+        n_components: int = N_COMPONENTS,
+        max_exact_rows: int = MAX_EXACT_ROWS,
     ) -> None:
         self.Cs = Cs
         self.gamma = gamma
@@ -429,6 +373,9 @@ class RBFSVMHeadCV(PredictsWithRefit, ClassifierMixin, BaseEstimator):
         self.scoring = scoring
         self.n_jobs = n_jobs
         self.random_state = random_state
+        self.approximate = approximate
+        self.n_components = n_components
+        self.max_exact_rows = max_exact_rows
 
     def fit(self, X: Any, y: Any, groups: Any = None, sample_weight: Any = None) -> RBFSVMHeadCV:
         """Score every C by CV on ``(X, y)``, refit the best on all of it."""
@@ -450,6 +397,9 @@ class RBFSVMHeadCV(PredictsWithRefit, ClassifierMixin, BaseEstimator):
             and _kernel_bytes(X.shape[0], jobs + 1) > _MEMORY_SHARE * available
         ):
             jobs -= 1
+        if self._approximates(X.shape[0], available):
+            return self._fit_approximate(X, y, folds, weights, Cs)
+        self.approximated_, self.search_notes_ = False, []
         _check_kernel_memory(X.shape[0], jobs + 1, available)
         predictions, training = _search(X, y, folds, Cs, settings, weights, jobs)
         table = np.array(
@@ -471,3 +421,47 @@ class RBFSVMHeadCV(PredictsWithRefit, ClassifierMixin, BaseEstimator):
 
     def _store(self, Cs: list[float], table: np.ndarray, best: int) -> None:
         store_search(self, [{"C": c} for c in Cs], table, best)
+
+    def _approximates(self, n_rows: int, available: int | None) -> bool:
+        if self.approximate not in ("auto", True, False):
+            raise ValueError(f"approximate must be 'auto', True or False, got {self.approximate!r}")
+        if self.approximate != "auto":
+            return bool(self.approximate)
+        too_big = available is not None and _kernel_bytes(n_rows, 2) > _MEMORY_SHARE * available
+        return n_rows > self.max_exact_rows or too_big
+
+    def _fit_approximate(
+        self,
+        X: np.ndarray,
+        y: np.ndarray,
+        folds: list[tuple[np.ndarray, np.ndarray]],
+        weights: np.ndarray | None,
+        Cs: list[float],
+    ) -> RBFSVMHeadCV:
+        """The Nystroem approximation (:mod:`classifiers.nystroem`), its search recorded here."""
+        search, refit = fit_approximate(
+            X,
+            y,
+            folds=folds,
+            sample_weight=weights,
+            gamma=self.gamma,
+            n_components=self.n_components,
+            Cs=Cs,
+            class_weight=self.class_weight,
+            scoring=self.scoring,
+            n_jobs=self.n_jobs,
+            random_state=self.random_state,
+        )
+        for name in ("cv_results_", "best_index_", "best_params_", "best_score_", "n_splits_"):
+            setattr(self, name, getattr(search, name))
+        self.best_estimator_ = refit
+        self.classes_ = refit.classes_
+        self.approximated_ = True
+        components = refit.named_steps["map"].n_components
+        self.search_notes_ = [
+            f"rbf_svm approximated on {X.shape[0]:,} training rows (exact kernels past "
+            f"{self.max_exact_rows:,}, or larger than the free memory): Nystroem map with "
+            f"{components:,} landmarks, then a one-vs-rest squared-hinge linear SVM whose C "
+            "(not libsvm's) was chosen by CV"
+        ]
+        return self

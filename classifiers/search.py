@@ -189,7 +189,10 @@ def _internal(
         cv_fold_scores=folds,
         estimator=fixed,
         points=points,
-        notes=notes + edge_notes(chosen, searched, spec.limits),
+        # What the head says about how it was fitted (e.g. an approximation at many rows).
+        notes=notes
+        + list(getattr(inner, "search_notes_", []))
+        + edge_notes(chosen, searched, spec.limits),
     )
 
 

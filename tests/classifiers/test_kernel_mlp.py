@@ -80,7 +80,7 @@ def test_rbf_heads_refuse_kernels_larger_than_the_free_memory(problem, monkeypat
     with pytest.raises(MemoryError, match=r"rbf_svm needs .* GiB .* on 300 training rows"):
         RBFSVMHead().fit(X, y)
     with pytest.raises(MemoryError, match="leave it out"):
-        RBFSVMHeadCV(Cs=(1.0,), cv=3, n_jobs=2).fit(X, y)
+        RBFSVMHeadCV(Cs=(1.0,), cv=3, n_jobs=2, approximate=False).fit(X, y)
     # Room for the refit's kernel and one fold's: the search runs on one thread.
     monkeypatch.setattr(kernel, "_available_bytes", lambda: int(8 * 2.6 * 300**2))
     threads = []

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from sklearn.svm import SVC
 
-from classifiers.kernel import _rbf
 from classifiers.one_vs_one import OneVsOne
+from classifiers.rbf import rbf_kernel
 
 
 @pytest.mark.parametrize("n_classes", [2, 3, 7])
@@ -19,7 +19,7 @@ def test_one_vs_one_products_give_libsvms_votes_and_values(
     whose columns are every training row (the search) or the support vectors only (a head)."""
     X, y = problem(n_classes, class_sep=1.5, n_samples=400)
     X = X.astype(np.float32)
-    K_train, K_test = _rbf(X[:300], X[:300], 0.05), _rbf(X[300:], X[:300], 0.05)
+    K_train, K_test = rbf_kernel(X[:300], X[:300], 0.05), rbf_kernel(X[300:], X[:300], 0.05)
     svc = SVC(kernel="precomputed", C=5.0, class_weight=class_weight).fit(K_train, y[:300])
     assert 0 < len(svc.support_) < 300  # some rows are not support vectors
     every_row = OneVsOne(svc, columns=svc.support_)
