@@ -10,7 +10,8 @@ Nystroem method of Williams and Seeger, 2001; scikit-learn's kernel-approximatio
 1. the rows are standardised and ``gamma="scale"`` is resolved on them, as in the exact head;
 2. ``n_components`` landmark rows, drawn with the seed, define scikit-learn's ``Nystroem`` map
    ``phi(x) = k(x, L) K_LL^(-1/2)``, whose inner products approximate the kernel
-   (:class:`RBFNystroem` computes it with float32 products);
+   (:class:`RBFNystroem` computes it with float32 products and divides it by one factor that
+   gives its columns about unit variance);
 3. :class:`classifiers.linear.LinearHeadCV` with the squared hinge, on the mapped rows: a
    one-vs-rest L2 linear SVM, every fold and C solved as one batched problem, C chosen over its
    own path by CV on the same folds.
@@ -46,13 +47,79 @@ N_COMPONENTS = 1024
 
 
 class RBFNystroem(Nystroem):
-    """scikit-learn's ``Nystroem`` whose RBF map is computed block by block in the rows' own
-    precision: scikit-learn computes the distances of float32 rows in float64, 3-4x slower
-    here. Any other kernel, or sparse rows, go to ``Nystroem.transform`` unchanged."""
+    """scikit-learn's ``Nystroem``, its RBF map computed block by block in the rows' own
+    precision (scikit-learn computes the distances of float32 rows in float64, 3-4x slower
+    here) and, with ``unit_variance``, divided by one factor.
+
+    Args:
+        unit_variance: Divide the map by ``scale_``, the root mean variance of its columns over
+            the rows it was fitted on, so that their mean variance is 1, as
+            the linear heads' tolerances and C path assume; one factor for every column, so the
+            kernel's geometry is kept up to scale. Without it the mapped columns of 1,280-d
+            standardised rows have deviations near 0.02, and the linear SVM's CV fits stopped
+            at the search tolerance far from their optimum (caltech101: CV 0.846 against a
+            held-out 0.926; scaled, 0.926 and 0.924).
+        Other arguments: as ``Nystroem``'s. Any kernel other than ``"rbf"``, or sparse rows,
+        are mapped by ``Nystroem.transform`` (then scaled).
+
+    Attributes:
+        scale_: The factor (1.0 without ``unit_variance``), besides ``Nystroem``'s.
+
+    ``fit`` maps every row it is given (to measure the spread); ``fit_transform`` maps them once.
+    """
+
+    def __init__(
+        self,
+        kernel: Any = "rbf",
+        *,
+        gamma: float | None = None,
+        coef0: float | None = None,
+        degree: float | None = None,
+        kernel_params: dict | None = None,
+        n_components: int = 100,
+        random_state: Any = None,
+        n_jobs: int | None = None,
+        unit_variance: bool = True,
+    ) -> None:
+        super().__init__(
+            kernel,
+            gamma=gamma,
+            coef0=coef0,
+            degree=degree,
+            kernel_params=kernel_params,
+            n_components=n_components,
+            random_state=random_state,
+            n_jobs=n_jobs,
+        )
+        self.unit_variance = unit_variance
+
+    def fit(self, X: Any, y: Any = None) -> RBFNystroem:
+        """Draw the landmarks and compute the map (``Nystroem.fit``), then ``scale_`` over the
+        mapped ``X``."""
+        self.fit_transform(X, y)
+        return self
+
+    def fit_transform(self, X: Any, y: Any = None) -> np.ndarray:
+        """:meth:`fit`, returning the mapped, scaled ``X`` (mapped once)."""
+        super().fit(X, y)
+        mapped = self._map(X)
+        self.scale_ = 1.0
+        if self.unit_variance:
+            spread = float(np.sqrt(np.mean(np.var(mapped, axis=0, dtype=np.float64))))
+            self.scale_ = spread if spread > 0 else 1.0
+            mapped /= np.asarray(self.scale_, dtype=mapped.dtype)
+        return mapped
 
     def transform(self, X: Any) -> np.ndarray:
-        """``k(X, landmarks) @ normalization_.T``; float32 rows give float32 rows."""
-        check_is_fitted(self)
+        """The mapped rows, divided by ``scale_``; float32 rows give float32 rows."""
+        check_is_fitted(self, "scale_")
+        mapped = self._map(X)
+        if self.scale_ != 1.0:
+            mapped /= np.asarray(self.scale_, dtype=mapped.dtype)
+        return mapped
+
+    def _map(self, X: Any) -> np.ndarray:
+        """``k(X, landmarks) @ normalization_.T``, unscaled."""
         if self.kernel != "rbf" or self.kernel_params or sparse.issparse(X):
             return super().transform(X)
         X = validate_data(self, X, reset=False, dtype=[np.float64, np.float32])
@@ -89,7 +156,8 @@ def fit_approximate(
     )
     mapper = RBFNystroem(
         gamma=g, n_components=min(int(n_components), kept.shape[0]), random_state=random_state
-    ).fit(kept)
+    )
+    mapped = mapper.fit_transform(Z) if sample_weight is None else mapper.fit(kept).transform(Z)
     single = len(Cs) == 1
     search = LinearHeadCV(
         "squared_hinge",
@@ -100,6 +168,6 @@ def fit_approximate(
         class_weight=class_weight,
         n_jobs=n_jobs,
         random_state=random_state,
-    ).fit(mapper.transform(Z), y, sample_weight=sample_weight)
+    ).fit(mapped, y, sample_weight=sample_weight)
     refit = Pipeline([("scale", scaler), ("map", mapper), ("clf", search.best_estimator_)])
     return search, refit

@@ -33,13 +33,24 @@ def test_scikit_learn_estimator_checks(estimator, check) -> None:
 def test_map_is_scikit_learns_nystroem(dtype) -> None:
     rng = np.random.default_rng(0)
     X = rng.normal(size=(900, 16)).astype(dtype)
-    ours = RBFNystroem(gamma=0.05, n_components=64, random_state=0).fit(X)
+    ours = RBFNystroem(gamma=0.05, n_components=64, random_state=0, unit_variance=False)
     ref = Nystroem(gamma=0.05, n_components=64, random_state=0).fit(X)
-    np.testing.assert_array_equal(ours.components_, ref.components_)
+    np.testing.assert_array_equal(ours.fit(X).components_, ref.components_)
     found = ours.transform(X)
-    assert found.dtype == dtype
+    assert found.dtype == dtype and ours.scale_ == 1.0
     np.testing.assert_allclose(found, ref.transform(X), atol=1e-4)
-    poly = RBFNystroem(kernel="poly", degree=2, n_components=32, random_state=0).fit(X)
+    # unit_variance: the same map divided by one factor, after which the fitted rows' columns
+    # have a mean variance of 1; fit_transform maps them as fit then transform.
+    scaled = RBFNystroem(gamma=0.05, n_components=64, random_state=0)
+    mapped = scaled.fit_transform(X)
+    factor = np.sqrt(np.mean(np.var(ref.transform(X), axis=0)))
+    assert scaled.scale_ == pytest.approx(factor, rel=1e-4)
+    np.testing.assert_allclose(mapped, ref.transform(X) / factor, atol=1e-3)
+    np.testing.assert_allclose(scaled.transform(X), mapped, rtol=1e-6, atol=1e-6)
+    assert np.mean(np.var(mapped, axis=0, dtype=np.float64)) == pytest.approx(1.0, rel=1e-4)
+    poly = RBFNystroem(
+        kernel="poly", degree=2, n_components=32, random_state=0, unit_variance=False
+    ).fit(X)
     ref_poly = Nystroem(kernel="poly", degree=2, n_components=32, random_state=0).fit(X)
     np.testing.assert_array_equal(poly.transform(X), ref_poly.transform(X))
 
@@ -56,20 +67,18 @@ def test_approximation_is_scaler_nystroem_and_linear_svm_at_the_chosen_c() -> No
     head = RBFSVMHeadCV(approximate=True, n_components=50, cv=folds).fit(X[:450], y[:450])
     assert head.approximated_
     C = head.best_params_["C"]
-    Z = StandardScaler().fit_transform(X[:450])
-    expected = Pipeline(
-        [
-            ("scale", StandardScaler()),
-            ("map", Nystroem(gamma=resolve_gamma("scale", Z), n_components=50, random_state=0)),
-            ("clf", LinearHead("squared_hinge", C=C)),
-        ]
-    ).fit(X[:450], y[:450])
+    scaler = StandardScaler().fit(X[:450])
+    Z, Z_test = scaler.transform(X[:450]), scaler.transform(X[450:])
+    ref_map = Nystroem(gamma=resolve_gamma("scale", Z), n_components=50, random_state=0).fit(Z)
+    factor = np.sqrt(np.mean(np.var(ref_map.transform(Z), axis=0)))
+    expected = LinearHead("squared_hinge", C=C).fit(ref_map.transform(Z) / factor, y[:450])
+    expected_test = ref_map.transform(Z_test) / factor
     # Equal up to the solver's tolerance (the refit starts from the folds' mean solution) and
     # the map's float32 products: decision values of size 1-2 within 0.03.
     np.testing.assert_allclose(
-        head.decision_function(X[450:]), expected.decision_function(X[450:]), atol=0.03
+        head.decision_function(X[450:]), expected.decision_function(expected_test), atol=0.03
     )
-    np.testing.assert_array_equal(head.predict(X[450:]), expected.predict(X[450:]))
+    np.testing.assert_array_equal(head.predict(X[450:]), expected.predict(expected_test))
     # Its search is the batched linear SVM's on the mapped rows, the same folds.
     mapped = head.best_estimator_[:-1].transform(X[:450])
     search = LinearHeadCV("squared_hinge", cv=folds).fit(mapped, y[:450])
