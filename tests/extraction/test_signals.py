@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import _thread
 import contextlib
+import itertools
 import json
 import os
 import signal
@@ -313,14 +314,20 @@ def test_a_worker_killed_on_its_own_stops_the_run_with_one_line(
 
 class _SlowMean(torch.nn.Module):
     """A stand-in network that takes its time: each row is the image's mean colour; remembers
-    every row it computed."""
+    every row it computed. Its forward passes after the first two wait (10 s at most) for
+    ``interrupted``, so the run cannot end before the interrupt however late the thread that
+    sends it runs on a loaded machine (it once came after the last of 10 batches of 0.2 s)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.computed: list[np.ndarray] = []
+        self.interrupted = threading.Event()
+        self._passes = itertools.count(1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         time.sleep(0.2)
+        if next(self._passes) > 2:
+            self.interrupted.wait(10)
         rows = x.float().mean(dim=(2, 3))
         self.computed.extend(r for r in rows.numpy() if r.any())  # not the zero padding
         return rows
@@ -349,6 +356,7 @@ def test_ctrl_c_keeps_the_batches_whose_forward_pass_was_running(
         while not list(store.parts_dir.glob("part-*.h5")) and time.monotonic() < deadline:
             time.sleep(0.01)
         _thread.interrupt_main()
+        model.interrupted.set()
 
     timer = threading.Thread(target=interrupt_once_a_batch_landed)
     timer.start()
