@@ -52,10 +52,10 @@ class RBFNystroem(Nystroem):
     here) and, with ``unit_variance``, divided by one factor.
 
     Args:
-        unit_variance: Divide the map by ``scale_``, the root mean variance of its columns over
-            the rows it was fitted on, so that their mean variance is 1, as
-            the linear heads' tolerances and C path assume; one factor for every column, so the
-            kernel's geometry is kept up to scale. Without it the mapped columns of 1,280-d
+        unit_variance: Divide the map by ``scale_``, the root mean variance of its columns
+            over the rows it was fitted on, so that their mean variance is 1, as the linear
+            heads' tolerances and C path assume; one factor for every column, so the kernel's
+            geometry is kept up to scale. Without it the mapped columns of 1,280-d
             standardised rows have deviations near 0.02, and the linear SVM's CV fits stopped
             at the search tolerance far from their optimum (caltech101: CV 0.846 against a
             held-out 0.926; scaled, 0.926 and 0.924).
