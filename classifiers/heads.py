@@ -34,6 +34,7 @@ from classifiers.kernel import RBFSVMHeadCV
 from classifiers.linear import DEFAULT_CS, LinearHeadCV
 from classifiers.mlp import MLPHeadCV
 from classifiers.neighbors import KNeighborsHeadCV
+from classifiers.nystroem import MAX_EXACT_ROWS, N_COMPONENTS
 
 __all__ = [
     "HEADS",
@@ -243,8 +244,9 @@ _SPECS = (
         name="rbf_svm",
         description=(
             "RBF-kernel SVM (SVC, one-vs-one, gamma='scale') on standardised features, "
-            "fitted through one precomputed kernel per fold; C in 1, 10, 100. Past 20,000 "
-            "training rows: a Nystroem map (1,024 landmarks) and the batched linear SVM"
+            "fitted through one precomputed kernel per fold; C in 1, 10, 100. Past "
+            f"{MAX_EXACT_ROWS:,} training rows: a Nystroem map ({N_COMPONENTS:,} landmarks) "
+            "and the batched linear SVM"
         ),
         build=_rbf_svm,
         grid={"clf__Cs": [(1.0, 10.0, 100.0)]},

@@ -73,10 +73,16 @@ def _kernel_bytes(n_rows: int, kernels: int) -> float:
     return 8.0 * kernels * float(n_rows) ** 2
 
 
+def _too_big(n_rows: int, kernels: int, available: int | None) -> bool:
+    """Whether ``kernels`` kernels of ``n_rows`` rows exceed the share of the free memory they
+    may take (never, where the free memory is unknown)."""
+    return available is not None and _kernel_bytes(n_rows, kernels) > _MEMORY_SHARE * available
+
+
 def _check_kernel_memory(n_rows: int, kernels: int, available: int | None) -> None:
     """Refuse, in one line, a fit whose kernels would not fit in the memory free now."""
     need = _kernel_bytes(n_rows, kernels)
-    if available is not None and need > _MEMORY_SHARE * available:
+    if _too_big(n_rows, kernels, available):
         raise MemoryError(
             f"rbf_svm needs {need / 2**30:.1f} GiB for its kernel matrices on {n_rows} training "
             f"rows, more than the {available / 2**30:.1f} GiB free; leave it out (--heads) or "
@@ -387,19 +393,15 @@ class RBFSVMHeadCV(PredictsWithRefit, ClassifierMixin, BaseEstimator):
         check_classification_targets(y)
         weights = None if sample_weight is None else _check_sample_weight(sample_weight, X)
         folds = _splits(self.cv, X, y, groups, self.random_state)
-        settings = {k: getattr(self, k) for k in ("gamma", "class_weight", "tol", "cache_size")}
-        jobs = min(len(folds) * len(Cs), default_n_jobs() if self.n_jobs is None else self.n_jobs)
-        # Alive at once: a fold's training and held-out kernels per thread, and the refit's.
         available = _available_bytes()
-        while (
-            jobs > 1
-            and available is not None
-            and _kernel_bytes(X.shape[0], jobs + 1) > _MEMORY_SHARE * available
-        ):
-            jobs -= 1
         if self._approximates(X.shape[0], available):
             return self._fit_approximate(X, y, folds, weights, Cs)
         self.approximated_, self.search_notes_ = False, []
+        settings = {k: getattr(self, k) for k in ("gamma", "class_weight", "tol", "cache_size")}
+        jobs = min(len(folds) * len(Cs), default_n_jobs() if self.n_jobs is None else self.n_jobs)
+        # Alive at once: a fold's training and held-out kernels per thread, and the refit's.
+        while jobs > 1 and _too_big(X.shape[0], jobs + 1, available):
+            jobs -= 1
         _check_kernel_memory(X.shape[0], jobs + 1, available)
         predictions, training = _search(X, y, folds, Cs, settings, weights, jobs)
         table = np.array(
@@ -427,8 +429,8 @@ class RBFSVMHeadCV(PredictsWithRefit, ClassifierMixin, BaseEstimator):
             raise ValueError(f"approximate must be 'auto', True or False, got {self.approximate!r}")
         if self.approximate != "auto":
             return bool(self.approximate)
-        too_big = available is not None and _kernel_bytes(n_rows, 2) > _MEMORY_SHARE * available
-        return n_rows > self.max_exact_rows or too_big
+        # The exact search's least: one fold's kernels on one thread, and the refit's.
+        return n_rows > self.max_exact_rows or _too_big(n_rows, 2, available)
 
     def _fit_approximate(
         self,
