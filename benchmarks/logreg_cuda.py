@@ -20,7 +20,7 @@ chosen C, the CV and test accuracy, the solver's objective evaluations, an estim
 matrix-product work (2 products of rows x width x outputs per evaluation, each over the rows
 its fits train on) and the peak device memory.
 
-    python benchmarks/logreg_cuda.py                                   # on a GPU machine
+    PYTHONPATH=. python3 benchmarks/logreg_cuda.py --out $OUT/logreg.jsonl   # on a GPU machine
     python benchmarks/logreg_cuda.py --device cpu --runs 20000:5:fp32 --width 256 --classes 100
 
 Not a test.
@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--classes", type=int, default=1000)
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--budget", type=float, default=480.0, help="seconds for every run")
+    parser.add_argument("--budget", type=float, default=300.0, help="seconds for every run")
     parser.add_argument("--out", help="append each run's result to this file as a JSON line")
     args = parser.parse_args(argv)
     print_machine(machine())

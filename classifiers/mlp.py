@@ -40,8 +40,6 @@ _BETA1, _BETA2, _EPS = 0.9, 0.999, 1e-8
 _FIT_BATCH = 200
 #: Principal directions a fit keeps at most (the hidden layer's input width).
 _MAX_FEATURES = 256
-#: Rebuild the batch without the stopped fits once this share of them has stopped.
-_COMPACT = 0.25
 
 
 @dataclass
