@@ -45,3 +45,34 @@ def test_an_unknown_builtin_names_the_known_ones() -> None:
         SourceError, match=r"unknown built-in sample 'iris'; choose from \('digits',\)"
     ):
         open_source("builtin:iris")
+
+
+def test_digits_are_load_digits_read_without_importing_scikit_learn() -> None:
+    """The sample is read from scikit-learn's data file without importing scikit-learn (about
+    2 s a process); the images and targets are exactly ``load_digits``'s."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from featurestore.sources.builtin import digits; images, target = digits(); "
+        "print(images.shape, len(target), 'sklearn' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["(1797,", "8,", "8)", "1797", "False"]
+    from sklearn.datasets import load_digits
+
+    from featurestore.sources.builtin import digits
+
+    d = load_digits()
+    images, target = digits()
+    assert np.array_equal(images, np.round(d.images * (255.0 / 16.0)).astype(np.uint8))
+    assert np.array_equal(target, d.target) and target.dtype == d.target.dtype
+
+
+def test_digits_fall_back_to_load_digits_where_the_data_file_is_elsewhere(monkeypatch) -> None:
+    import importlib
+
+    builtin = importlib.import_module("featurestore.sources.builtin")  # the module, not the
+    monkeypatch.setattr(builtin.importlib.util, "find_spec", lambda name: None)  # function
+    images, target = builtin.digits()
+    assert images.shape == (1797, 8, 8) and images.max() == 255 and set(target) == set(range(10))
