@@ -72,7 +72,8 @@ def test_digits_are_load_digits_read_without_importing_scikit_learn() -> None:
 def test_digits_fall_back_to_load_digits_where_the_data_file_is_elsewhere(monkeypatch) -> None:
     import importlib
 
-    builtin = importlib.import_module("featurestore.sources.builtin")  # the module, not the
-    monkeypatch.setattr(builtin.importlib.util, "find_spec", lambda name: None)  # function
+    # The module: ``featurestore.sources.builtin`` as an attribute is the function of that name.
+    builtin = importlib.import_module("featurestore.sources.builtin")
+    monkeypatch.setattr(builtin.importlib.util, "find_spec", lambda name: None)
     images, target = builtin.digits()
     assert images.shape == (1797, 8, 8) and images.max() == 255 and set(target) == set(range(10))
