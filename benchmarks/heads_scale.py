@@ -116,18 +116,22 @@ def previous_heads() -> dict[str, tuple[Pipeline, dict[str, list]]]:
     }
 
 
+#: ``hard``'s recipe: latent dimensions, spread of the class centres (against unit noise),
+#: noise added to the mapped columns, share of labels flipped.
+LATENT, SPREAD, COLUMN_NOISE, FLIPPED = 64, 0.4, 0.5, 0.05
+
+
 def hard(n: int, d: int, k: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Hard synthetic rows: overlapping class centres (spread 0.4 against unit noise) in 64
     latent dimensions, a random map to ``d`` columns plus noise, ReLU, 5% labels flipped."""
     rng = np.random.default_rng(seed)
-    latent = 64
-    centres = rng.normal(size=(k, latent)) * 0.4
+    centres = rng.normal(size=(k, LATENT)) * SPREAD
     y = np.arange(n) % k
     rng.shuffle(y)
-    z = centres[y] + rng.normal(size=(n, latent))
-    A = rng.normal(size=(latent, d)) / np.sqrt(latent)
-    X = np.maximum(z @ A + 0.5 * rng.normal(size=(n, d)), 0).astype(np.float32)
-    flipped = rng.random(n) < 0.05
+    z = centres[y] + rng.normal(size=(n, LATENT))
+    A = rng.normal(size=(LATENT, d)) / np.sqrt(LATENT)
+    X = np.maximum(z @ A + COLUMN_NOISE * rng.normal(size=(n, d)), 0).astype(np.float32)
+    flipped = rng.random(n) < FLIPPED
     y[flipped] = rng.integers(0, k, int(flipped.sum()))
     return X, y
 

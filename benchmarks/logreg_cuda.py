@@ -36,18 +36,17 @@ from typing import Any
 
 import numpy as np
 from _common import machine, print_machine, print_table
-
-LATENT = 64
+from heads_scale import COLUMN_NOISE, FLIPPED, LATENT, SPREAD
 
 
 def hard_rows(n: int, d: int, k: int, seed: int, device: str) -> tuple[np.ndarray, np.ndarray]:
-    """``heads_scale.hard``'s recipe drawn with torch on ``device`` (a million rows take
-    seconds there rather than minutes in numpy); float32 rows and int64 labels, in host
-    memory."""
+    """``heads_scale.hard``'s recipe (its constants) drawn with torch on ``device``: a million
+    rows take seconds there, where ``hard``'s numpy draw takes minutes and 16 GB temporaries;
+    float32 rows and int64 labels, in host memory."""
     import torch
 
     gen = torch.Generator(device=device).manual_seed(seed)
-    centres = torch.randn(k, LATENT, generator=gen, device=device) * 0.4
+    centres = torch.randn(k, LATENT, generator=gen, device=device) * SPREAD
     y = torch.arange(n, device=device) % k
     y = y[torch.randperm(n, generator=gen, device=device)]
     A = torch.randn(LATENT, d, generator=gen, device=device) / LATENT**0.5
@@ -57,8 +56,8 @@ def hard_rows(n: int, d: int, k: int, seed: int, device: str) -> tuple[np.ndarra
         part = y[start : start + chunk]
         z = centres[part] + torch.randn(len(part), LATENT, generator=gen, device=device)
         noise = torch.randn(len(part), d, generator=gen, device=device)
-        X[start : start + len(part)] = torch.relu(z @ A + 0.5 * noise).cpu()
-    flipped = torch.rand(n, generator=gen, device=device) < 0.05
+        X[start : start + len(part)] = torch.relu(z @ A + COLUMN_NOISE * noise).cpu()
+    flipped = torch.rand(n, generator=gen, device=device) < FLIPPED
     y[flipped] = torch.randint(0, k, (int(flipped.sum()),), generator=gen, device=device)
     return X.numpy(), y.cpu().numpy()
 
