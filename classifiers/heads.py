@@ -98,6 +98,9 @@ class HeadSpec:
         adapt: Fits the grid to the folds (e.g. no more neighbours than rows); ``None`` keeps it.
         limits: Per grid key, the natural (lowest, highest) value (``None`` = unbounded): a
             chosen value there is not reported as lying on the grid's edge.
+        cost: Seconds of a fit per million training cells (rows x columns), roughly, on one
+            core: a sweep that fits side by side starts the longest fits first
+            (:mod:`classifiers.pool`). Only the order depends on it.
     """
 
     name: str
@@ -110,6 +113,7 @@ class HeadSpec:
     regularization: str | None = None
     adapt: Adapter | None = None
     limits: dict[str, tuple[Any, Any]] = field(default_factory=dict)
+    cost: float = 1.0
 
 
 def _scaled(clf: BaseEstimator) -> Pipeline:
@@ -239,6 +243,7 @@ _SPECS = (
         defaults={"clf__Cs": [1e-3], "clf__refine": 0},
         class_weight="param",
         regularization="clf__C",
+        cost=4.0,
     ),
     HeadSpec(
         name="rbf_svm",
@@ -254,6 +259,7 @@ _SPECS = (
         defaults={"clf__Cs": (1.0,)},  # SVC's default C
         class_weight="param",
         regularization="clf__C",
+        cost=3.5,
     ),
     HeadSpec(
         name="gaussian_nb",
@@ -268,6 +274,7 @@ _SPECS = (
         defaults={"clf__var_smoothings": (1e-9,)},  # GaussianNB's default
         class_weight="sample_weight",
         regularization="clf__var_smoothing",
+        cost=0.2,
     ),
     HeadSpec(
         name="logreg",
@@ -281,6 +288,7 @@ _SPECS = (
         defaults={"clf__Cs": [1.0], "clf__refine": 0},  # LogisticRegression's default C
         class_weight="param",
         regularization="clf__C",
+        cost=5.0,
     ),
     HeadSpec(
         name="mlp",
@@ -295,6 +303,7 @@ _SPECS = (
         class_weight="sample_weight",
         regularization="clf__alpha",
         adapt=_early_stopping_fits,
+        cost=4.5,
     ),
     HeadSpec(
         name="knn",
@@ -309,6 +318,7 @@ _SPECS = (
         defaults={"clf__n_neighbors": (5,), "clf__metrics": ("euclidean",)},
         adapt=_fewer_neighbours,
         limits={"clf__n_neighbors": (1, None)},
+        cost=0.5,
     ),
 )
 

@@ -36,7 +36,7 @@ from sklearn.utils.validation import _check_sample_weight, check_is_fitted, vali
 from threadpoolctl import threadpool_limits
 
 from classifiers.cv_table import PredictsWithRefit, store_search
-from classifiers.linear import _splits, default_n_jobs, scorer
+from classifiers.linear import _splits, available_bytes, default_n_jobs, scorer
 from classifiers.memo import LastResult, content_key
 from classifiers.nystroem import MAX_EXACT_ROWS, N_COMPONENTS, fit_approximate
 from classifiers.one_vs_one import OneVsOne
@@ -53,18 +53,6 @@ _LAST_KERNEL = LastResult()
 _LAST_KERNEL_MAX_BYTES = 1 << 28
 #: The share of the free memory the kernels may take.
 _MEMORY_SHARE = 0.8
-
-
-def _available_bytes() -> int | None:
-    """Memory the system has free now (Linux's MemAvailable), or None where unknown."""
-    try:
-        with open("/proc/meminfo") as handle:
-            for line in handle:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
 
 
 def _kernel_bytes(n_rows: int, kernels: int) -> float:
@@ -175,7 +163,7 @@ class RBFSVMHead(ClassifierMixin, BaseEstimator):
         X, y = validate_data(self, X, y, dtype=[np.float32, np.float64], ensure_min_samples=2)
         check_classification_targets(y)
         weights = None if sample_weight is None else _check_sample_weight(sample_weight, X)
-        _check_kernel_memory(X.shape[0], 1, _available_bytes())
+        _check_kernel_memory(X.shape[0], 1, available_bytes())
         return self._fit_training(_training(X, y, weights, self.gamma))
 
     def _fit_training(self, training: _Training) -> RBFSVMHead:
@@ -393,7 +381,7 @@ class RBFSVMHeadCV(PredictsWithRefit, ClassifierMixin, BaseEstimator):
         check_classification_targets(y)
         weights = None if sample_weight is None else _check_sample_weight(sample_weight, X)
         folds = _splits(self.cv, X, y, groups, self.random_state)
-        available = _available_bytes()
+        available = available_bytes()
         if self._approximates(X.shape[0], available):
             return self._fit_approximate(X, y, folds, weights, Cs)
         self.approximated_, self.search_notes_ = False, []

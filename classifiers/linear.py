@@ -35,14 +35,15 @@ products are made independent of the thread count by its strict reproducibility 
 (``MKL_CBWR=AUTO,STRICT``, set when ``classifiers`` is imported, before MKL's first call;
 without it a fifth of the entries of a product over 1,445 rows differed between one thread and
 two), and the eigen- and QR decompositions, whose results depend on the thread count, always
-run on every core this process may use (:func:`default_n_jobs`). A fit is then bit-identical
-at any ``n_jobs`` on one machine.
+run on one thread. A fit is then bit-identical at any ``n_jobs`` on one machine, and the same in
+a sweep's worker process (:mod:`classifiers.pool`, one thread each) as outside one.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,7 +65,10 @@ __all__ = [
     "SCORERS",
     "LinearHead",
     "LinearHeadCV",
+    "available_bytes",
     "default_n_jobs",
+    "load_torch",
+    "use_cores",
 ]
 
 LOSSES = ("log_loss", "squared_hinge")
@@ -98,12 +102,48 @@ def scorer(name: str) -> Callable[[np.ndarray, np.ndarray], float]:
         raise ValueError(f"scoring must be one of {sorted(SCORERS)}, got {name!r}") from None
 
 
+#: Cores this process's fits may use, when :func:`use_cores` set it (a sweep's worker: 1).
+_CORES: int | None = None
+
+
+def use_cores(cores: int | None) -> None:
+    """From now on let this process's fits use at most ``cores`` cores (``None``: every core
+    it may run on); :mod:`classifiers.pool`'s workers take one each."""
+    global _CORES
+    if cores is not None and cores < 1:
+        raise ValueError(f"cores must be at least 1, got {cores}")
+    _CORES = cores
+    torch = sys.modules.get("torch")  # already loaded: its own pool too, for work outside a fit
+    if cores is not None and torch is not None:
+        torch.set_num_threads(cores)
+
+
+def load_torch() -> None:
+    """Import torch now, which the batched heads' fits need: worker processes forked after
+    this share it rather than each importing it (seconds), and no fit's time counts it."""
+    import torch  # noqa: F401
+
+
 def default_n_jobs() -> int:
-    """Cores this process may run on."""
+    """Cores this process may run on (at most :func:`use_cores`' limit)."""
+    if _CORES is not None:
+        return _CORES
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         return os.cpu_count() or 1
+
+
+def available_bytes() -> int | None:
+    """Memory the system has free now (Linux's MemAvailable), or None where unknown."""
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
 
 
 #: Multiply-adds of one product of the rows with every output below which one thread is used:
@@ -147,14 +187,15 @@ def _own_running(tasks: str) -> int:
 
 def _threads(n_jobs: int | None, work: float) -> int:
     """Threads of one batched fit: one for small work; ``n_jobs`` when given (negative:
-    counted back from the cores, as joblib); by default the cores free right now."""
+    counted back from the cores, as joblib); by default the cores free right now; never more
+    than :func:`use_cores` allows."""
     if work < SMALL_WORK:
         return 1
     if n_jobs is None:
         return free_cores()
     if n_jobs < 0:
         return max(1, default_n_jobs() + 1 + n_jobs)
-    return max(1, int(n_jobs))
+    return max(1, min(int(n_jobs), _CORES or int(n_jobs)))
 
 
 def _check_common(est: Any) -> None:
@@ -240,10 +281,10 @@ class _Session:
         self.threads.__exit__(*exc)
 
     def decomposition_threads(self) -> Any:
-        """A context running torch on every core this process may use, whatever the load: for
-        the eigen- and QR decompositions, whose results depend on the thread count (module
+        """A context running torch on one thread, whatever the load and wherever the fit runs:
+        for the eigen- and QR decompositions, whose results depend on the thread count (module
         docstring, "The same numbers under any load")."""
-        return self.tl.torch_threads(default_n_jobs())
+        return self.tl.torch_threads(1)
 
     def rows(self, X: np.ndarray) -> tuple[Any, np.ndarray]:
         """Centred float32 rows on the device, and the column means (float64)."""

@@ -8,6 +8,8 @@ split is predicted once per result and reported with a Wilson 95% interval.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import logging
 import math
 import time
@@ -25,6 +27,7 @@ from classifiers.folds import FoldPlan, plan_folds
 from classifiers.heads import HeadSpec, get_head, list_heads
 from classifiers.linear import default_n_jobs
 from classifiers.metrics import Evaluation, evaluate
+from classifiers.pool import WorkerDied, plan_workers, run_tasks
 from classifiers.search import SCORINGS, search_head
 
 __all__ = [
@@ -309,6 +312,7 @@ def run_sweep(
     scoring: str = "accuracy",
     class_weight: str | None = None,
     groups: Sequence[Hashable] | None = None,
+    workers: int | None = None,
 ) -> SweepResults:
     """Fit every head on every feature set; choose each by CV on its training split; evaluate
     each once on its test split.
@@ -322,7 +326,9 @@ def run_sweep(
     fewer neighbours than rows), or the head's own search (the linear heads search C over
     1e-6..1e6 themselves, every fold at once); the chosen point is refitted on the whole
     training split and the test split predicted once. Every ``random_state`` parameter of a
-    head is set to ``random_state``, so one seed fixes the whole sweep.
+    head is set to ``random_state``, so one seed fixes the whole sweep. The (feature set,
+    head) pairs run side by side on ``workers`` processes, one core each (:mod:`classifiers.pool`);
+    each pair's results are the same as in this process.
 
     Ordering (:func:`rank_key`): higher CV score (``scoring``), then smaller fold-to-fold
     spread, then shorter fit time, then names. The test scores, with their Wilson 95%
@@ -337,10 +343,10 @@ def run_sweep(
         heads: Registered head names; ``None`` means every head, in registry order.
         cv: Requested number of CV folds (at least 2).
         use_grid: Search each head's grid (or range); if false, cross-validate its defaults.
-        n_jobs: Parallel workers for ``GridSearchCV`` and threads of the batched heads;
-            ``None`` (default): ``GridSearchCV`` in this process (the grid heads are cheap), and
-            for each batched head the cores free when it starts
-            (``classifiers.linear.free_cores``); ``-1``: every core.
+        n_jobs: Parallel workers for ``GridSearchCV`` and threads of the batched heads when
+            the fits run in this process (``workers`` 1); ``None`` (default): ``GridSearchCV``
+            in this process (the grid heads are cheap), and for each batched head the cores
+            free when it starts (``classifiers.linear.free_cores``); ``-1``: every core.
         random_state: Seed for the folds and the heads.
         progress: Called with a short line before and after each fit (e.g. a progress bar).
         blas_threads: Threads each BLAS/OpenMP pool may use in this process while fitting and
@@ -355,6 +361,11 @@ def run_sweep(
         groups: The group (image key) of each training row, shared by every feature set (they
             must have that many training rows); or set ``FeatureSet.groups_train`` per
             feature set (new).
+        workers: Processes fitting (feature set, head) pairs side by side
+            (:mod:`classifiers.pool`), each fit on one core whatever ``n_jobs`` says; ``None``
+            (default): one per core, at most the pairs and what memory holds; 1: every fit in
+            this process, one after another. Where the platform cannot fork, always 1. The
+            results are the same either way.
 
     Returns:
         :class:`SweepResults`: a list of results, best first, with ``failures`` and ``notes``.
@@ -366,6 +377,8 @@ def run_sweep(
         RuntimeError: Every head failed on every feature set (the message lists why).
     """
     _check_args(cv, blas_threads, scoring, class_weight, n_jobs)
+    if workers is not None and (isinstance(workers, bool) or workers < 1):
+        raise ValueError(f"workers must be None or an integer >= 1, got {workers!r}")
     feature_sets = list(feature_sets)
     if not feature_sets:
         raise ValueError("feature_sets is empty; pass at least one FeatureSet")
@@ -393,8 +406,10 @@ def run_sweep(
     # None reaches the heads as None: the batched heads then use the cores free at each fit.
     jobs = default_n_jobs() if n_jobs is not None and n_jobs < 0 else n_jobs
     settings = _Settings(use_grid, jobs, random_state, scoring, class_weight, progress)
+    largest = max(fs.X_train.nbytes + fs.X_test.nbytes for fs in feature_sets)
+    processes = plan_workers(len(feature_sets) * len(specs), largest, workers)
     with threadpool_limits(limits=blas_threads):
-        results, failures = _sweep(feature_sets, specs, plans, data_notes, settings)
+        results, failures = _sweep(feature_sets, specs, plans, data_notes, settings, processes)
     if not results and len(failures) == 1 and failures[0].exception is not None:
         raise failures[0].exception  # one (set, head) pair: its own error, as it was raised
     for failure in failures:  # one line each; the traceback for those who ask (-vv)
@@ -434,43 +449,92 @@ def _sweep(
     plans: dict[str, FoldPlan],
     data_notes: dict[str, tuple[str, ...]],
     settings: _Settings,
+    processes: int,
 ) -> tuple[list[SweepResult], list[HeadFailure]]:
-    results: list[SweepResult] = []
-    failures: list[HeadFailure] = []
-    total = len(feature_sets) * len(specs)
-    step = 0
-    for fs in feature_sets:
-        for spec in specs:
-            step += 1
-            label = f"[{step}/{total}] {fs.name} / {spec.name}"
-            if settings.progress is not None:
-                settings.progress(f"{label}: fitting")
-            start = time.perf_counter()
-            try:
-                result = _fit_head(fs, spec, plans[fs.name], data_notes[fs.name], settings)
-            except Exception as exc:  # noqa: BLE001 - one head failing must not lose the rest
-                failure = HeadFailure(
-                    feature_set=fs.name,
-                    head=spec.name,
-                    error=f"{type(exc).__name__}: {exc}",
-                    traceback=traceback.format_exc(),
-                    fit_seconds=time.perf_counter() - start,
-                    notes=data_notes[fs.name],
-                    exception=exc,
-                )
-                failures.append(failure)
-                line = f"{label}: FAILED {failure.error}"
-            else:
-                results.append(result)
-                line = (
-                    f"{label}: cv={result.cv_score:.4f}±{result.cv_std:.4f} "
-                    f"test acc={result.accuracy:.4f} fit={result.fit_seconds:.2f}s "
-                    f"params={result.best_params}"
-                )
-                logger.info(line)
-            if settings.progress is not None:
-                settings.progress(line)
-    return results, failures
+    """Every (feature set, head) pair, on ``processes`` workers, the longest first; results and
+    failures in sweep order."""
+    cells = [(fs, spec) for fs in feature_sets for spec in specs]
+    labels = [
+        f"[{i}/{len(cells)}] {fs.name} / {spec.name}" for i, (fs, spec) in enumerate(cells, 1)
+    ]
+    order = list(range(len(cells)))  # one after another: in sweep order
+    if processes > 1:  # side by side, the longest first; each fit on one core
+        order.sort(key=lambda i: -_expected_cost(*cells[i]))
+        settings = dataclasses.replace(settings, n_jobs=1)
+
+    def task(i: int) -> Callable[[], SweepResult | HeadFailure]:
+        fs, spec = cells[i]
+        return functools.partial(
+            _fit_or_fail, fs, spec, plans[fs.name], data_notes[fs.name], settings
+        )
+
+    def started(k: int) -> None:
+        if settings.progress is not None:
+            settings.progress(f"{labels[order[k]]}: fitting")
+
+    outcomes: dict[int, SweepResult | HeadFailure] = {}
+
+    def done(k: int, outcome: Any) -> None:
+        fs, spec = cells[order[k]]
+        if not isinstance(outcome, (SweepResult, HeadFailure)):  # the worker died or failed
+            outcome = _lost(fs, spec, data_notes[fs.name], outcome)
+        outcomes[order[k]] = outcome
+        if settings.progress is not None:
+            settings.progress(_done_line(labels[order[k]], outcome))
+
+    run_tasks([task(i) for i in order], processes, on_start=started, on_done=done)
+    ordered = [outcomes[i] for i in range(len(cells))]
+    results = [o for o in ordered if isinstance(o, SweepResult)]
+    return results, [o for o in ordered if isinstance(o, HeadFailure)]
+
+
+def _expected_cost(fs: FeatureSet, spec: HeadSpec) -> float:
+    return spec.cost * fs.X_train.shape[0] * fs.X_train.shape[1]
+
+
+def _fit_or_fail(
+    fs: FeatureSet,
+    spec: HeadSpec,
+    plan: FoldPlan,
+    data_notes: tuple[str, ...],
+    settings: _Settings,
+) -> SweepResult | HeadFailure:
+    start = time.perf_counter()
+    try:
+        result = _fit_head(fs, spec, plan, data_notes, settings)
+    except Exception as exc:  # noqa: BLE001 - one head failing must not lose the rest
+        return HeadFailure(
+            feature_set=fs.name,
+            head=spec.name,
+            error=f"{type(exc).__name__}: {exc}",
+            traceback=traceback.format_exc(),
+            fit_seconds=time.perf_counter() - start,
+            notes=data_notes,
+            exception=exc,
+        )
+    logger.info(_done_line(f"{fs.name} / {spec.name}", result))
+    return result
+
+
+def _lost(fs: FeatureSet, spec: HeadSpec, notes: tuple[str, ...], outcome: Any) -> HeadFailure:
+    """A failure for a pair whose worker died (:class:`WorkerDied`) or could not send its
+    result back (:class:`TaskFailed`)."""
+    if isinstance(outcome, WorkerDied):
+        error, trace = f"WorkerDied: {outcome.message}", ""
+    else:
+        trace = str(outcome)
+        error = trace.strip().splitlines()[-1] if trace.strip() else repr(outcome)
+    return HeadFailure(fs.name, spec.name, error, trace, fit_seconds=math.nan, notes=notes)
+
+
+def _done_line(label: str, outcome: SweepResult | HeadFailure) -> str:
+    if isinstance(outcome, HeadFailure):
+        return f"{label}: FAILED {outcome.error}"
+    return (
+        f"{label}: cv={outcome.cv_score:.4f}±{outcome.cv_std:.4f} "
+        f"test acc={outcome.accuracy:.4f} fit={outcome.fit_seconds:.2f}s "
+        f"params={outcome.best_params}"
+    )
 
 
 def _fit_head(

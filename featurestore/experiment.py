@@ -25,11 +25,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import inspect
 import logging
 import math
 import re
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -44,6 +44,7 @@ from classifiers.calibration import with_probabilities
 from classifiers.heads import get_head, list_heads
 from classifiers.linear import scorer
 from classifiers.metrics import evaluate
+from classifiers.pool import WorkerDied, plan_workers, run_tasks
 from classifiers.sweep import FeatureSet, SweepResult, run_sweep
 from featurestore.errors import HeadError, OptionError
 from featurestore.extractor import ExtractorRecord
@@ -170,28 +171,6 @@ def _clock(seconds: float) -> str:
     return f"{int(seconds // 60)}:{int(seconds % 60):02d}"
 
 
-@contextlib.contextmanager
-def _heartbeat(say: Progress | None, label: str, every: float | None) -> Iterator[None]:
-    """While the block runs, say "still fitting" every ``every`` seconds."""
-    if say is None or not every:
-        yield
-        return
-    stop = threading.Event()
-    start = time.perf_counter()
-
-    def beat() -> None:
-        while not stop.wait(every):
-            say(f"{label}: still fitting, {_clock(time.perf_counter() - start)} so far")
-
-    thread = threading.Thread(target=beat, name="sweep-heartbeat", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join()
-
-
 def _settings(head: str, use_grid: bool) -> int:
     return math.prod(len(v) for v in get_head(head).grid.values()) if use_grid else 1
 
@@ -210,13 +189,17 @@ def fit_heads(
     keywords: dict[str, Any] | None = None,
     progress: Progress | None = None,
     heartbeat: float | None = HEARTBEAT_SECONDS,
+    jobs: int | None = None,
 ) -> tuple[list[SweepResult], list[FailedHead]]:
-    """Fit every head on every feature set, one ``run_sweep`` call per pair, in sweep order.
+    """Fit every head on every feature set, one ``run_sweep`` call per pair; results in sweep
+    order.
 
-    A pair that raises (or that a newer ``run_sweep`` returns with an ``error``) becomes a
+    The pairs run side by side on ``jobs`` worker processes (:mod:`classifiers.pool`; ``None``:
+    one per core, at most the pairs and what memory holds; 1: one after another in this
+    process), the longest first. A pair that raises, or whose worker dies, becomes a
     :class:`FailedHead` and the sweep goes on. ``progress`` gets a line when each pair starts
     (its grid size) and ends (its time, CV and test scores, the sweep's elapsed time), and a
-    "still fitting" line every ``heartbeat`` seconds while one fits.
+    "still fitting" line every ``heartbeat`` seconds in which no pair ended.
     """
     keywords = dict(keywords or {})
     grouped = _takes_groups()
@@ -225,37 +208,88 @@ def fit_heads(
     say = progress or (lambda _: None)
     label_of = scoring_label(keywords.get("scoring", "accuracy"))
     cells = [(fs, head) for fs in data.feature_sets for head in heads]
-    width = len(str(len(cells)))
+    largest = max((fs.X_train.nbytes + fs.X_test.nbytes for fs in data.feature_sets), default=0)
+    workers = plan_workers(len(cells), largest, jobs)
+    order = list(range(len(cells)))
+    if workers > 1:
+        order.sort(key=lambda i: -_cost(*cells[i]))
+    side_by_side = f" on {workers} processes" if workers > 1 else ""
     say(
         f"fitting {len(heads)} head(s) on {len(data.feature_sets)} feature set(s): "
         f"{len(cells)} fits, {len(data.train_records)} training images, {cv}-fold CV"
+        f"{side_by_side}"
     )
-    results: list[SweepResult] = []
-    failures: list[FailedHead] = []
+    width = len(str(len(cells)))
+    labels = [
+        f"[{i:>{width}}/{len(cells)}] {fs.name} / {head}" for i, (fs, head) in enumerate(cells, 1)
+    ]
+    outcomes: dict[int, tuple[SweepResult | None, str | None, float]] = {}
+    began: dict[int, float] = {}
     started = time.perf_counter()
-    logged: set[str] = set()
-    for i, (fs, head) in enumerate(cells, 1):
-        label = f"[{i:>{width}}/{len(cells)}] {fs.name} / {head}"
-        say(f"{label}: fitting {_settings(head, use_grid)} setting(s) x {cv}-fold CV")
-        t = time.perf_counter()
-        if grouped:  # one image (all its views), one fold
-            keywords["groups"] = data.train_groups(fs.name)
-        with _heartbeat(progress, label, heartbeat), _each_message_once(_SWEEP_LOG, logged):
-            result, error = _fit_one(fs, head, cv, use_grid, seed, keywords)
-        seconds = time.perf_counter() - t
-        done = f"sweep {_clock(time.perf_counter() - started)} elapsed, {i}/{len(cells)} done"
+
+    def task(i: int) -> Callable[[], tuple[SweepResult | None, str | None]]:
+        fs, head = cells[i]
+        each = dict(keywords, groups=data.train_groups(fs.name)) if grouped else keywords
+        return functools.partial(_fit_one, fs, head, cv, use_grid, seed, each)
+
+    def on_start(k: int) -> None:
+        i = order[k]
+        began[i] = time.perf_counter()
+        say(f"{labels[i]}: fitting {_settings(cells[i][1], use_grid)} setting(s) x {cv}-fold CV")
+
+    def on_wait(running: list[int]) -> None:
+        for k in running:
+            i = order[k]
+            say(f"{labels[i]}: still fitting, {_clock(time.perf_counter() - began[i])} so far")
+
+    def on_done(k: int, outcome: Any) -> None:
+        i = order[k]
+        seconds = time.perf_counter() - began[i]
+        result, error = outcome if isinstance(outcome, tuple) else (None, _lost(outcome))
+        outcomes[i] = (result, error, seconds)
+        clock = _clock(time.perf_counter() - started)
+        done = f"sweep {clock} elapsed, {len(outcomes)}/{len(cells)} done"
         if error is not None:
-            failures.append(FailedHead(fs.name, head, error, seconds))
             if progress is None:  # else the progress line below is the one notice
-                log.warning("%s failed: %s", label, error)
-            say(f"{label}: FAILED after {seconds:.1f} s: {error} ({done})")
-            continue
-        results.append(result)
+                log.warning("%s failed: %s", labels[i], error)
+            say(f"{labels[i]}: FAILED after {seconds:.1f} s: {error} ({done})")
+            return
         say(
-            f"{label}: done in {seconds:.1f} s: CV {label_of} {result.cv_score:.4f}, "
+            f"{labels[i]}: done in {seconds:.1f} s: CV {label_of} {result.cv_score:.4f}, "
             f"test accuracy {result.accuracy:.4f} ({done})"
         )
+
+    with _each_message_once(_SWEEP_LOG, set()):
+        run_tasks(
+            [task(i) for i in order],
+            workers,
+            on_start=on_start,
+            on_done=on_done,
+            on_wait=on_wait if progress is not None else None,
+            wait_every=heartbeat,
+        )
+    results: list[SweepResult] = []
+    failures: list[FailedHead] = []
+    for i, (fs, head) in enumerate(cells):
+        result, error, seconds = outcomes[i]
+        if error is not None:
+            failures.append(FailedHead(fs.name, head, error, seconds))
+        else:
+            results.append(result)
     return results, failures
+
+
+def _cost(fs: FeatureSet, head: str) -> float:
+    """A fit's expected length, to start the longest first."""
+    return get_head(head).cost * fs.X_train.shape[0] * fs.X_train.shape[1]
+
+
+def _lost(outcome: Any) -> str:
+    """One line for a pair whose worker died or could not send its result back."""
+    if isinstance(outcome, WorkerDied):
+        return outcome.message
+    lines = str(outcome).strip().splitlines()
+    return lines[-1] if lines else repr(outcome)
 
 
 #: ``run_sweep``'s logger: each call logs its feature set's data notes (such as a reduced fold
@@ -536,6 +570,7 @@ class SweepSettings:
     scoring: str = "accuracy"
     class_weight: str | None = None
     keywords: dict[str, Any] = field(default_factory=dict)
+    jobs: int | None = None
 
     @classmethod
     def make(
@@ -547,11 +582,14 @@ class SweepSettings:
         seed: int = 0,
         scoring: str = "accuracy",
         class_weight: str | None = None,
+        jobs: int | None = None,
     ) -> SweepSettings:
         """Checked settings; every option error is raised here, before any work."""
         names = _check(heads, cv)
+        if jobs is not None and (isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1):
+            raise OptionError(f"--jobs must be an integer of at least 1, got {jobs!r}")
         keywords = sweep_keywords(scoring=scoring, class_weight=class_weight)
-        return cls(tuple(names), cv, use_grid, seed, scoring, class_weight, keywords)
+        return cls(tuple(names), cv, use_grid, seed, scoring, class_weight, keywords, jobs)
 
 
 def run_experiment(
@@ -571,6 +609,7 @@ def run_experiment(
     seed: int = 0,
     scoring: str = "accuracy",
     class_weight: str | None = None,
+    jobs: int | None = None,
     views: str | ViewPolicy | None = None,
     anchors: Sequence[Anchor] = (),
     save_best: bool = True,
@@ -588,7 +627,8 @@ def run_experiment(
     name, and the run options of extraction (batch_size, workers, device). ``test_fraction``
     and ``seed``: the hash split of a source without an evaluation split (``seed`` also seeds
     the CV folds and the heads). ``scoring`` and ``class_weight`` go to ``run_sweep`` (refused
-    up front when the installed ``classifiers`` lacks them). ``views``: a view policy; every
+    up front when the installed ``classifiers`` lacks them). ``jobs``: processes fitting the
+    (feature set, head) pairs side by side (:func:`fit_heads`). ``views``: a view policy; every
     backbone's features are also swept trained on every view, scored on the identity view and
     with test-time averaging (see the module docstring; the report shows the three side by
     side, with the extraction cost of the views).
@@ -611,6 +651,7 @@ def run_experiment(
         seed=seed,
         scoring=scoring,
         class_weight=class_weight,
+        jobs=jobs,
     )
     if views is not None:
         views = get_policy(views)
@@ -682,6 +723,7 @@ def sweep_and_report(
         keywords=settings.keywords,
         progress=progress,
         heartbeat=heartbeat,
+        jobs=settings.jobs,
     )
     results = view_rows(
         results, data, seed=settings.seed, scoring=settings.scoring, progress=progress

@@ -138,6 +138,13 @@ def heads() -> None:
     show_default=True,
     help="Save the chosen row's head as OUT/best_head.joblib (+ .json sidecar).",
 )
+@click.option(
+    "--jobs",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Processes fitting (feature set, head) pairs side by side, one core each "
+    "(default: one per core, at most the pairs and what memory holds; 1: one at a time).",
+)
 @extractor_options
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--workers", type=click.IntRange(min=0), default=None)

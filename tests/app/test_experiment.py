@@ -41,8 +41,9 @@ def folder(tmp_path_factory: pytest.TempPathFactory, make_images) -> Path:
     return root
 
 
+@pytest.mark.parametrize("jobs", [1, None])
 def test_a_sweep_runs_end_to_end_and_reports_progress_per_head(
-    folder: Path, tmp_path: Path
+    folder: Path, tmp_path: Path, jobs: int | None
 ) -> None:
     lines: list[str] = []
     out = run_experiment(
@@ -52,6 +53,7 @@ def test_a_sweep_runs_end_to_end_and_reports_progress_per_head(
         heads=["logreg", "gaussian_nb"],
         cv=2,
         use_grid=False,
+        jobs=jobs,
         anchors=[Anchor("published", 0.5)],
         cache_dir=tmp_path / "cache",
         progress=lines.append,
@@ -65,23 +67,35 @@ def test_a_sweep_runs_end_to_end_and_reports_progress_per_head(
     assert all(p.is_file() for p in out.paths.values())
     assert any("Published anchor published: 0.5000" in n for n in out.notes)
     assert out.notes[0].startswith("Split: given splits: train on 'train', evaluate on 'val'")
-    # One overview line, then for every (feature set, head): a start line with its grid and an
-    # end line with its time, its scores and the sweep's overall progress.
+    # One overview line (with the processes when the fits run side by side), then for every
+    # (feature set, head): a start line with its grid and an end line with its time, its
+    # scores and the sweep's overall progress.
+    side_by_side = "" if jobs == 1 else " on 2 processes"
     assert lines[0] == (
         "fitting 2 head(s) on 2 feature set(s): 4 fits, 16 training images, 2-fold CV"
+        + side_by_side
     )
     assert len(lines) == 1 + 2 * len(out.results)
     cells = [
         (fs, h) for fs in ("mobilenet_v3_small", "pixels16") for h in ("logreg", "gaussian_nb")
     ]
+    ends = []
     for i, (fs, head) in enumerate(cells, 1):
-        start, end = lines[2 * i - 1], lines[2 * i]
-        assert start == f"[{i}/4] {fs} / {head}: fitting 1 setting(s) x 2-fold CV"
+        start = lines.index(f"[{i}/4] {fs} / {head}: fitting 1 setting(s) x 2-fold CV")
+        end = next(
+            k for k, line in enumerate(lines) if line.startswith(f"[{i}/4] {fs} / {head}: done")
+        )
+        assert start < end
         assert re.fullmatch(
             rf"\[{i}/4\] {fs} / {head}: done in \d+\.\d s: CV accuracy \d\.\d{{4}}, test "
-            rf"accuracy \d\.\d{{4}} \(sweep \d+:\d\d elapsed, {i}/4 done\)",
-            end,
-        ), end
+            rf"accuracy \d\.\d{{4}} \(sweep \d+:\d\d elapsed, \d/4 done\)",
+            lines[end],
+        ), lines[end]
+        ends.append(end)
+    done = [re.search(r"(\d)/4 done", lines[k]).group(1) for k in sorted(ends)]
+    assert done == ["1", "2", "3", "4"]  # counted in the order the fits end
+    if jobs == 1:  # one after another, in sweep order
+        assert ends == [2, 4, 6, 8]
     _, card = load_head_card(out.paths["head"])
     assert (card.feature_set, card.head) == (out.best.feature_set, out.best.head)
     assert card.class_names == ["cat", "dog"]
@@ -305,8 +319,8 @@ def test_scoring_class_weight_and_groups_reach_a_run_sweep_that_takes_them(
 
     monkeypatch.setattr(experiment, "run_sweep", newer)
     data = cv_vs_test()
-    settings = _settings(
-        scoring="balanced_accuracy", class_weight="balanced", use_grid=False, seed=7
+    settings = _settings(  # jobs=1: the fits run in this process, where `seen` is
+        scoring="balanced_accuracy", class_weight="balanced", use_grid=False, seed=7, jobs=1
     )
     out = sweep_and_report(data, tmp_path / "r", settings=settings, source="x")
     keys = [r.key for r in data.train_records]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -100,14 +101,20 @@ def test_sweep_combo_every_head_then_predict_reproduces_accuracy(tmp_path: Path)
     from classifiers.heads import HEADS
 
     # every head on every feature set says when it starts and when it is done, with its time
-    # and the sweep's overall progress
+    # and the sweep's overall progress (counted in the order the fits end: they run side by
+    # side)
     sets = ["resnet18", "mobilenet_v3_small", "resnet18+mobilenet_v3_small", "pixels16"]
     n = len(sets) * len(HEADS)
+    counts = []
     for i, (fs, head) in enumerate(((f, h) for f in sets for h in HEADS), 1):
         label = f"[{i:>2}/{n}] {fs} / {head}: "
         assert f"{label}fitting 1 setting(s) x 3-fold CV" in progress
         done = [line for line in progress if line.startswith(f"{label}done in ")]
-        assert len(done) == 1 and done[0].endswith(f"elapsed, {i}/{n} done)"), label
+        assert len(done) == 1, label
+        found = re.search(rf"elapsed, (\d+)/{n} done\)$", done[0])
+        assert found, done[0]
+        counts.append(int(found.group(1)))
+    assert sorted(counts) == list(range(1, n + 1))
 
     combo = {row["head"] for row in rows if row["feature_set"] == "resnet18+mobilenet_v3_small"}
     assert combo == set(HEADS)  # the combination ran through every head

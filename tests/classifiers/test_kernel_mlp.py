@@ -76,13 +76,13 @@ def test_rbf_heads_refuse_kernels_larger_than_the_free_memory(problem, monkeypat
     import classifiers.kernel as kernel
 
     X, y = problem(3, class_sep=0.8, n_samples=300)
-    monkeypatch.setattr(kernel, "_available_bytes", lambda: 8 * 300**2)  # one kernel's bytes
+    monkeypatch.setattr(kernel, "available_bytes", lambda: 8 * 300**2)  # one kernel's bytes
     with pytest.raises(MemoryError, match=r"rbf_svm needs .* GiB .* on 300 training rows"):
         RBFSVMHead().fit(X, y)
     with pytest.raises(MemoryError, match="leave it out"):
         RBFSVMHeadCV(Cs=(1.0,), cv=3, n_jobs=2, approximate=False).fit(X, y)
     # Room for the refit's kernel and one fold's: the search runs on one thread.
-    monkeypatch.setattr(kernel, "_available_bytes", lambda: int(8 * 2.6 * 300**2))
+    monkeypatch.setattr(kernel, "available_bytes", lambda: int(8 * 2.6 * 300**2))
     threads = []
     search = kernel._search
     monkeypatch.setattr(kernel, "_search", lambda *a: threads.append(a[-1]) or search(*a))

@@ -113,7 +113,7 @@ def test_kernels_larger_than_the_free_memory_are_approximated_unless_exact_is_as
     monkeypatch,
 ) -> None:
     X, y = _circles(300)
-    monkeypatch.setattr(kernel, "_available_bytes", lambda: 8 * 300**2)  # one kernel's bytes
+    monkeypatch.setattr(kernel, "available_bytes", lambda: 8 * 300**2)  # one kernel's bytes
     head = RBFSVMHeadCV(cv=3, n_components=40).fit(X, y)
     assert head.approximated_
     with pytest.raises(MemoryError, match="leave it out"):
@@ -130,7 +130,7 @@ def test_one_c_fits_that_c_and_a_grid_searches_the_linear_path() -> None:
 
 def test_the_sweep_notes_say_the_head_was_approximated(monkeypatch) -> None:
     X, y = _circles(300)
-    monkeypatch.setattr(kernel, "_available_bytes", lambda: 8 * 300**2)
+    monkeypatch.setattr(kernel, "available_bytes", lambda: 8 * 300**2)
     plan = plan_folds(X, y, cv=3, class_names=["inner", "outer"])
     outcome = search_head(
         get_head("rbf_svm"),
