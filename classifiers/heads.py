@@ -98,8 +98,8 @@ class HeadSpec:
         adapt: Fits the grid to the folds (e.g. no more neighbours than rows); ``None`` keeps it.
         limits: Per grid key, the natural (lowest, highest) value (``None`` = unbounded): a
             chosen value there is not reported as lying on the grid's edge.
-        cost: Seconds of a fit per million training cells (rows x columns), roughly, on one
-            core: a sweep that fits side by side starts the longest fits first
+        cost: ``cost(rows, columns, classes)``, the rough seconds of a fit with its search
+            on one core: a sweep that fits side by side starts the longest fits first
             (:mod:`classifiers.pool`). Only the order depends on it.
     """
 
@@ -113,7 +113,7 @@ class HeadSpec:
     regularization: str | None = None
     adapt: Adapter | None = None
     limits: dict[str, tuple[Any, Any]] = field(default_factory=dict)
-    cost: float = 1.0
+    cost: Callable[[int, int, int], float] = lambda rows, width, classes: 1e-6 * rows * width
 
 
 def _scaled(clf: BaseEstimator) -> Pipeline:
@@ -194,6 +194,35 @@ def _knn() -> Pipeline:
     return Pipeline([("clf", KNeighborsHeadCV(random_state=RANDOM_STATE))])
 
 
+# Rough seconds of each head's whole search on one core (sweep order only), fitted to the
+# per-pair times of benchmarks/RESULTS.md (session 13: digits, caltech101, 100 classes) on a
+# 2-core CPU without AVX-512: the linear heads grow with rows x columns and rows x classes,
+# the MLP with rows (its input is at most 256 principal directions), the exact RBF SVM and kNN
+# with rows^2 x columns, naive Bayes with rows x columns x classes.
+def _linear_svm_cost(rows: int, width: int, classes: int) -> float:
+    return 1e-6 * rows * width + 3.5e-5 * rows * classes
+
+
+def _logreg_cost(rows: int, width: int, classes: int) -> float:
+    return 1e-6 * rows * width + 5e-5 * rows * classes
+
+
+def _mlp_cost(rows: int, width: int, classes: int) -> float:
+    return 2.3e-5 * rows * min(width, 256)
+
+
+def _rbf_svm_cost(rows: int, width: int, classes: int) -> float:
+    return 5e-10 * min(rows, MAX_EXACT_ROWS) ** 2 * width + 1e-6 * rows * width
+
+
+def _knn_cost(rows: int, width: int, classes: int) -> float:
+    return 8.5e-11 * rows**2 * width
+
+
+def _gaussian_nb_cost(rows: int, width: int, classes: int) -> float:
+    return 2e-9 * rows * width * classes
+
+
 def _fewer_neighbours(grid: dict[str, list], shape: FoldShape) -> tuple[dict[str, list], list[str]]:
     """kNN cannot ask for more neighbours than the smallest CV training part has rows."""
     key = "clf__n_neighbors"
@@ -243,7 +272,7 @@ _SPECS = (
         defaults={"clf__Cs": [1e-3], "clf__refine": 0},
         class_weight="param",
         regularization="clf__C",
-        cost=4.0,
+        cost=_linear_svm_cost,
     ),
     HeadSpec(
         name="rbf_svm",
@@ -259,7 +288,7 @@ _SPECS = (
         defaults={"clf__Cs": (1.0,)},  # SVC's default C
         class_weight="param",
         regularization="clf__C",
-        cost=3.5,
+        cost=_rbf_svm_cost,
     ),
     HeadSpec(
         name="gaussian_nb",
@@ -274,7 +303,7 @@ _SPECS = (
         defaults={"clf__var_smoothings": (1e-9,)},  # GaussianNB's default
         class_weight="sample_weight",
         regularization="clf__var_smoothing",
-        cost=0.2,
+        cost=_gaussian_nb_cost,
     ),
     HeadSpec(
         name="logreg",
@@ -288,7 +317,7 @@ _SPECS = (
         defaults={"clf__Cs": [1.0], "clf__refine": 0},  # LogisticRegression's default C
         class_weight="param",
         regularization="clf__C",
-        cost=5.0,
+        cost=_logreg_cost,
     ),
     HeadSpec(
         name="mlp",
@@ -303,7 +332,7 @@ _SPECS = (
         class_weight="sample_weight",
         regularization="clf__alpha",
         adapt=_early_stopping_fits,
-        cost=4.5,
+        cost=_mlp_cost,
     ),
     HeadSpec(
         name="knn",
@@ -318,7 +347,7 @@ _SPECS = (
         defaults={"clf__n_neighbors": (5,), "clf__metrics": ("euclidean",)},
         adapt=_fewer_neighbours,
         limits={"clf__n_neighbors": (1, None)},
-        cost=0.5,
+        cost=_knn_cost,
     ),
 )
 

@@ -37,6 +37,7 @@ __all__ = [
     "HeadFailure",
     "SweepResult",
     "SweepResults",
+    "expected_seconds",
     "rank_key",
     "run_sweep",
 ]
@@ -459,7 +460,7 @@ def _sweep(
     ]
     order = list(range(len(cells)))  # one after another: in sweep order
     if processes > 1:  # side by side, the longest first; each fit on one core
-        order.sort(key=lambda i: -_expected_cost(*cells[i]))
+        order.sort(key=lambda i: -expected_seconds(*cells[i]))
         settings = dataclasses.replace(settings, n_jobs=1)
 
     def task(i: int) -> Callable[[], SweepResult | HeadFailure]:
@@ -488,8 +489,11 @@ def _sweep(
     return results, [o for o in ordered if isinstance(o, HeadFailure)]
 
 
-def _expected_cost(fs: FeatureSet, spec: HeadSpec) -> float:
-    return spec.cost * fs.X_train.shape[0] * fs.X_train.shape[1]
+def expected_seconds(fs: FeatureSet, spec: HeadSpec) -> float:
+    """Rough seconds of ``spec``'s search on ``fs`` on one core (``HeadSpec.cost``): the order
+    in which a sweep starts its pairs side by side, the longest first."""
+    rows, width = fs.X_train.shape[0], fs.X_train.shape[1]
+    return float(spec.cost(rows, width, max(2, len(fs.class_names))))
 
 
 def _fit_or_fail(

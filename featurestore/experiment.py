@@ -45,7 +45,7 @@ from classifiers.heads import get_head, list_heads
 from classifiers.linear import scorer
 from classifiers.metrics import evaluate
 from classifiers.pool import WorkerDied, plan_workers, run_tasks
-from classifiers.sweep import FeatureSet, SweepResult, run_sweep
+from classifiers.sweep import FeatureSet, SweepResult, expected_seconds, run_sweep
 from featurestore.errors import HeadError, OptionError
 from featurestore.extractor import ExtractorRecord
 from featurestore.featuresets import SweepData, build_sweep_data, plan_split
@@ -212,7 +212,7 @@ def fit_heads(
     workers = plan_workers(len(cells), largest, jobs)
     order = list(range(len(cells)))
     if workers > 1:
-        order.sort(key=lambda i: -_cost(*cells[i]))
+        order.sort(key=lambda i: -expected_seconds(cells[i][0], get_head(cells[i][1])))
     side_by_side = f" on {workers} processes" if workers > 1 else ""
     say(
         f"fitting {len(heads)} head(s) on {len(data.feature_sets)} feature set(s): "
@@ -277,11 +277,6 @@ def fit_heads(
         else:
             results.append(result)
     return results, failures
-
-
-def _cost(fs: FeatureSet, head: str) -> float:
-    """A fit's expected length, to start the longest first."""
-    return get_head(head).cost * fs.X_train.shape[0] * fs.X_train.shape[1]
 
 
 def _lost(outcome: Any) -> str:
