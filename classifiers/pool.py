@@ -66,7 +66,10 @@ class WorkerDied:
                 how += " (the system may have run out of memory)"
         else:
             how = f"exit code {code}"
-        return f"its worker process died ({how}); rerun with --jobs 1 to fit it in one process"
+        return (
+            f"its worker process died ({how}); to fit it in the calling process, rerun with "
+            "--jobs 1 (run_sweep: workers=1)"
+        )
 
 
 def can_fork() -> bool:
