@@ -32,6 +32,9 @@ Data:
 
 Prints the machine and load, then per data point a table: seconds (ours / scikit-learn /
 ratio), test accuracy, mean per-class accuracy and the chosen regularisation. Not a test.
+Our sweep fits its (feature set, head) pairs side by side on worker processes, one per core
+(``run_sweep``'s default; ``classifiers.pool``): a head's seconds are its own pair's, on one
+core, and "whole sweep (wall)" is the sweep's elapsed time.
 """
 
 from __future__ import annotations
