@@ -205,78 +205,96 @@ def fit_heads(
     grouped = _takes_groups()
     if data.views and not grouped:
         raise HeadError(VIEWS_NEED_GROUPS)
-    say = progress or (lambda _: None)
-    label_of = scoring_label(keywords.get("scoring", "accuracy"))
     cells = [(fs, head) for fs in data.feature_sets for head in heads]
     largest = max((fs.X_train.nbytes + fs.X_test.nbytes for fs in data.feature_sets), default=0)
     workers = plan_workers(len(cells), largest, jobs)
     order = list(range(len(cells)))
-    if workers > 1:
+    if workers > 1:  # the longest first
         order.sort(key=lambda i: -expected_seconds(cells[i][0], get_head(cells[i][1])))
-    side_by_side = f" on {workers} processes" if workers > 1 else ""
-    say(
-        f"fitting {len(heads)} head(s) on {len(data.feature_sets)} feature set(s): "
-        f"{len(cells)} fits, {len(data.train_records)} training images, {cv}-fold CV"
-        f"{side_by_side}"
-    )
-    width = len(str(len(cells)))
-    labels = [
-        f"[{i:>{width}}/{len(cells)}] {fs.name} / {head}" for i, (fs, head) in enumerate(cells, 1)
-    ]
-    outcomes: dict[int, tuple[SweepResult | None, str | None, float]] = {}
-    began: dict[int, float] = {}
-    started = time.perf_counter()
+    lines = _FitLines(cells, progress, cv, use_grid, keywords.get("scoring", "accuracy"))
+    lines.overview(len(heads), len(data.feature_sets), len(data.train_records), workers)
 
     def task(i: int) -> Callable[[], tuple[SweepResult | None, str | None]]:
         fs, head = cells[i]
         each = dict(keywords, groups=data.train_groups(fs.name)) if grouped else keywords
         return functools.partial(_fit_one, fs, head, cv, use_grid, seed, each)
 
-    def on_start(k: int) -> None:
-        i = order[k]
-        began[i] = time.perf_counter()
-        say(f"{labels[i]}: fitting {_settings(cells[i][1], use_grid)} setting(s) x {cv}-fold CV")
-
-    def on_wait(running: list[int]) -> None:
-        for k in running:
-            i = order[k]
-            say(f"{labels[i]}: still fitting, {_clock(time.perf_counter() - began[i])} so far")
-
-    def on_done(k: int, outcome: Any) -> None:
-        i = order[k]
-        seconds = time.perf_counter() - began[i]
-        result, error = outcome if isinstance(outcome, tuple) else (None, _lost(outcome))
-        outcomes[i] = (result, error, seconds)
-        clock = _clock(time.perf_counter() - started)
-        done = f"sweep {clock} elapsed, {len(outcomes)}/{len(cells)} done"
-        if error is not None:
-            if progress is None:  # else the progress line below is the one notice
-                log.warning("%s failed: %s", labels[i], error)
-            say(f"{labels[i]}: FAILED after {seconds:.1f} s: {error} ({done})")
-            return
-        say(
-            f"{labels[i]}: done in {seconds:.1f} s: CV {label_of} {result.cv_score:.4f}, "
-            f"test accuracy {result.accuracy:.4f} ({done})"
-        )
-
     with _each_message_once(_SWEEP_LOG, set()):
         run_tasks(
             [task(i) for i in order],
             workers,
-            on_start=on_start,
-            on_done=on_done,
-            on_wait=on_wait if progress is not None else None,
+            on_start=lambda k: lines.start(order[k]),
+            on_done=lambda k, outcome: lines.done(order[k], outcome),
+            on_wait=(lambda ks: lines.waiting([order[k] for k in ks])) if progress else None,
             wait_every=heartbeat,
         )
     results: list[SweepResult] = []
     failures: list[FailedHead] = []
     for i, (fs, head) in enumerate(cells):
-        result, error, seconds = outcomes[i]
+        result, error, seconds = lines.outcomes[i]
         if error is not None:
             failures.append(FailedHead(fs.name, head, error, seconds))
         else:
             results.append(result)
     return results, failures
+
+
+class _FitLines:
+    """The progress lines of :func:`fit_heads`, and each pair's outcome as it ends."""
+
+    def __init__(
+        self,
+        cells: list[tuple[FeatureSet, str]],
+        progress: Progress | None,
+        cv: int,
+        use_grid: bool,
+        scoring: str,
+    ) -> None:
+        self.cells, self.progress, self.cv, self.use_grid = cells, progress, cv, use_grid
+        self.say = progress or (lambda _: None)
+        self.scoring = scoring_label(scoring)
+        width = len(str(len(cells)))
+        self.labels = [
+            f"[{i:>{width}}/{len(cells)}] {fs.name} / {head}"
+            for i, (fs, head) in enumerate(cells, 1)
+        ]
+        self.began: dict[int, float] = {}
+        self.outcomes: dict[int, tuple[SweepResult | None, str | None, float]] = {}
+        self.started = time.perf_counter()
+
+    def overview(self, heads: int, sets: int, images: int, workers: int) -> None:
+        side_by_side = f" on {workers} processes" if workers > 1 else ""
+        self.say(
+            f"fitting {heads} head(s) on {sets} feature set(s): {len(self.cells)} fits, "
+            f"{images} training images, {self.cv}-fold CV{side_by_side}"
+        )
+
+    def start(self, i: int) -> None:
+        self.began[i] = time.perf_counter()
+        grid = _settings(self.cells[i][1], self.use_grid)
+        self.say(f"{self.labels[i]}: fitting {grid} setting(s) x {self.cv}-fold CV")
+
+    def waiting(self, running: list[int]) -> None:
+        for i in running:
+            so_far = _clock(time.perf_counter() - self.began[i])
+            self.say(f"{self.labels[i]}: still fitting, {so_far} so far")
+
+    def done(self, i: int, outcome: Any) -> None:
+        seconds = time.perf_counter() - self.began[i]
+        result, error = outcome if isinstance(outcome, tuple) else (None, _lost(outcome))
+        self.outcomes[i] = (result, error, seconds)
+        clock = _clock(time.perf_counter() - self.started)
+        done = f"sweep {clock} elapsed, {len(self.outcomes)}/{len(self.cells)} done"
+        label = self.labels[i]
+        if error is not None:
+            if self.progress is None:  # else the progress line below is the one notice
+                log.warning("%s failed: %s", label, error)
+            self.say(f"{label}: FAILED after {seconds:.1f} s: {error} ({done})")
+            return
+        self.say(
+            f"{label}: done in {seconds:.1f} s: CV {self.scoring} {result.cv_score:.4f}, "
+            f"test accuracy {result.accuracy:.4f} ({done})"
+        )
 
 
 def _lost(outcome: Any) -> str:
