@@ -196,9 +196,10 @@ def test_an_error_here_kills_the_workers_at_once() -> None:
     import multiprocessing
 
     pids: list[int] = []
+    others = {p.pid for p in multiprocessing.active_children()}  # not the pool's
 
     def stop(i: int) -> None:
-        pids.extend(p.pid for p in multiprocessing.active_children())
+        pids.extend(p.pid for p in multiprocessing.active_children() if p.pid not in others)
         if i == 1:
             raise KeyboardInterrupt  # as Ctrl-C while the first task runs
 
