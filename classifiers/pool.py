@@ -258,7 +258,10 @@ def _run_here(
         if on_start:
             on_start(i)
         with _beating(on_wait, [i], wait_every):
-            results.append(task())
+            try:
+                results.append(task())
+            except Exception:  # noqa: BLE001 - as in a worker: this task's result
+                results.append(TaskFailed(traceback.format_exc()))
         if on_done:
             on_done(i, results[i])
     return results

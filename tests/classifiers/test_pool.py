@@ -77,6 +77,9 @@ def test_a_task_that_raises_or_kills_its_worker_costs_only_itself() -> None:
     assert isinstance(raised, TaskFailed) and "ValueError: no such thing" in str(raised)
     assert isinstance(unpicklable, TaskFailed)  # a result that cannot travel back
     assert (one, two, three) == (1, 2, 3)  # a new worker took the dead one's place
+    raised_here, one_here = run_tasks([_boom, lambda: 1], 1)  # in this process: the same
+    assert isinstance(raised_here, TaskFailed) and "no such thing" in str(raised_here)
+    assert one_here == 1
 
 
 @needs_fork
