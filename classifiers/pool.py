@@ -41,7 +41,7 @@ from threadpoolctl import threadpool_limits  # a required dependency of scikit-l
 
 from classifiers.linear import available_bytes, default_n_jobs, load_torch, use_cores
 
-__all__ = ["TaskFailed", "WorkerDied", "can_fork", "plan_workers", "run_tasks"]
+__all__ = ["TaskFailed", "WorkerDied", "can_fork", "describe", "plan_workers", "run_tasks"]
 
 #: Memory a worker may need, as a multiple of the largest task's rows (its copies of the rows on
 #: the device, standardised and projected, and its fits' working arrays).
@@ -179,6 +179,15 @@ class _Worker:
 
 class TaskFailed(RuntimeError):
     """A task raised in its worker; the message is the worker's traceback."""
+
+
+def describe(outcome: WorkerDied | TaskFailed) -> str:
+    """One line for a task that gave no result: ``"WorkerDied: ..."``, or the last line of
+    the task's traceback (``"ValueError: ..."``)."""
+    if isinstance(outcome, WorkerDied):
+        return f"WorkerDied: {outcome.message}"
+    lines = str(outcome).strip().splitlines()
+    return lines[-1] if lines else repr(outcome)
 
 
 def run_tasks(

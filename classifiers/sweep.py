@@ -27,7 +27,7 @@ from classifiers.folds import FoldPlan, plan_folds
 from classifiers.heads import HeadSpec, get_head, list_heads
 from classifiers.linear import default_n_jobs
 from classifiers.metrics import Evaluation, evaluate
-from classifiers.pool import WorkerDied, plan_workers, run_tasks
+from classifiers.pool import WorkerDied, describe, plan_workers, run_tasks
 from classifiers.search import SCORINGS, search_head
 
 __all__ = [
@@ -38,6 +38,7 @@ __all__ = [
     "SweepResult",
     "SweepResults",
     "expected_seconds",
+    "plan_pairs",
     "rank_key",
     "run_sweep",
 ]
@@ -407,10 +408,11 @@ def run_sweep(
     # None reaches the heads as None: the batched heads then use the cores free at each fit.
     jobs = default_n_jobs() if n_jobs is not None and n_jobs < 0 else n_jobs
     settings = _Settings(use_grid, jobs, random_state, scoring, class_weight, progress)
-    largest = max(fs.X_train.nbytes + fs.X_test.nbytes for fs in feature_sets)
-    processes = plan_workers(len(feature_sets) * len(specs), largest, workers)
+    processes, order = plan_pairs(feature_sets, specs, workers)
     with threadpool_limits(limits=blas_threads):
-        results, failures = _sweep(feature_sets, specs, plans, data_notes, settings, processes)
+        results, failures = _sweep(
+            feature_sets, specs, plans, data_notes, settings, processes, order
+        )
     if not results and len(failures) == 1 and failures[0].exception is not None:
         raise failures[0].exception  # one (set, head) pair: its own error, as it was raised
     for failure in failures:  # one line each; the traceback for those who ask (-vv)
@@ -451,16 +453,15 @@ def _sweep(
     data_notes: dict[str, tuple[str, ...]],
     settings: _Settings,
     processes: int,
+    order: list[int],
 ) -> tuple[list[SweepResult], list[HeadFailure]]:
-    """Every (feature set, head) pair, on ``processes`` workers, the longest first; results and
-    failures in sweep order."""
+    """Every (feature set, head) pair, on ``processes`` workers, started in ``order``
+    (:func:`plan_pairs`); results and failures in sweep order."""
     cells = [(fs, spec) for fs in feature_sets for spec in specs]
     labels = [
         f"[{i}/{len(cells)}] {fs.name} / {spec.name}" for i, (fs, spec) in enumerate(cells, 1)
     ]
-    order = list(range(len(cells)))  # one after another: in sweep order
-    if processes > 1:  # side by side, the longest first; each fit on one core
-        order.sort(key=lambda i: -expected_seconds(*cells[i]))
+    if processes > 1:  # each fit on one core
         settings = dataclasses.replace(settings, n_jobs=1)
 
     def task(i: int) -> Callable[[], SweepResult | HeadFailure]:
@@ -487,6 +488,23 @@ def _sweep(
     ordered = [outcomes[i] for i in range(len(cells))]
     results = [o for o in ordered if isinstance(o, SweepResult)]
     return results, [o for o in ordered if isinstance(o, HeadFailure)]
+
+
+def plan_pairs(
+    feature_sets: Sequence[FeatureSet], specs: Sequence[HeadSpec], workers: int | None = None
+) -> tuple[int, list[int]]:
+    """Processes for the (feature set, head) pairs (``run_sweep``'s ``workers``:
+    :func:`classifiers.pool.plan_workers` from the largest feature set's bytes), and the order
+    in which to start the pairs, as indices in sweep order (every head of the first feature
+    set, then of the next): that order on one process, the longest first
+    (:func:`expected_seconds`) side by side."""
+    cells = [(fs, spec) for fs in feature_sets for spec in specs]
+    largest = max((fs.X_train.nbytes + fs.X_test.nbytes for fs in feature_sets), default=0)
+    processes = plan_workers(len(cells), largest, workers)
+    order = list(range(len(cells)))
+    if processes > 1:
+        order.sort(key=lambda i: -expected_seconds(*cells[i]))
+    return processes, order
 
 
 def expected_seconds(fs: FeatureSet, spec: HeadSpec) -> float:
@@ -523,12 +541,10 @@ def _fit_or_fail(
 def _lost(fs: FeatureSet, spec: HeadSpec, notes: tuple[str, ...], outcome: Any) -> HeadFailure:
     """A failure for a pair whose worker died (:class:`WorkerDied`) or could not send its
     result back (:class:`TaskFailed`)."""
-    if isinstance(outcome, WorkerDied):
-        error, trace = f"WorkerDied: {outcome.message}", ""
-    else:
-        trace = str(outcome)
-        error = trace.strip().splitlines()[-1] if trace.strip() else repr(outcome)
-    return HeadFailure(fs.name, spec.name, error, trace, fit_seconds=math.nan, notes=notes)
+    trace = "" if isinstance(outcome, WorkerDied) else str(outcome)
+    return HeadFailure(
+        fs.name, spec.name, describe(outcome), trace, fit_seconds=math.nan, notes=notes
+    )
 
 
 def _done_line(label: str, outcome: SweepResult | HeadFailure) -> str:

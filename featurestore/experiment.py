@@ -44,8 +44,8 @@ from classifiers.calibration import with_probabilities
 from classifiers.heads import get_head, list_heads
 from classifiers.linear import scorer
 from classifiers.metrics import evaluate
-from classifiers.pool import WorkerDied, plan_workers, run_tasks
-from classifiers.sweep import FeatureSet, SweepResult, expected_seconds, run_sweep
+from classifiers.pool import describe, run_tasks
+from classifiers.sweep import FeatureSet, SweepResult, plan_pairs, run_sweep
 from featurestore.errors import HeadError, OptionError
 from featurestore.extractor import ExtractorRecord
 from featurestore.featuresets import SweepData, build_sweep_data, plan_split
@@ -206,11 +206,7 @@ def fit_heads(
     if data.views and not grouped:
         raise HeadError(VIEWS_NEED_GROUPS)
     cells = [(fs, head) for fs in data.feature_sets for head in heads]
-    largest = max((fs.X_train.nbytes + fs.X_test.nbytes for fs in data.feature_sets), default=0)
-    workers = plan_workers(len(cells), largest, jobs)
-    order = list(range(len(cells)))
-    if workers > 1:  # the longest first
-        order.sort(key=lambda i: -expected_seconds(cells[i][0], get_head(cells[i][1])))
+    workers, order = plan_pairs(data.feature_sets, [get_head(h) for h in heads], jobs)
     lines = _FitLines(cells, progress, cv, use_grid, keywords.get("scoring", "accuracy"))
     lines.overview(len(heads), len(data.feature_sets), len(data.train_records), workers)
 
@@ -281,7 +277,7 @@ class _FitLines:
 
     def done(self, i: int, outcome: Any) -> None:
         seconds = time.perf_counter() - self.began[i]
-        result, error = outcome if isinstance(outcome, tuple) else (None, _lost(outcome))
+        result, error = outcome if isinstance(outcome, tuple) else (None, describe(outcome))
         self.outcomes[i] = (result, error, seconds)
         clock = _clock(time.perf_counter() - self.started)
         done = f"sweep {clock} elapsed, {len(self.outcomes)}/{len(self.cells)} done"
@@ -295,14 +291,6 @@ class _FitLines:
             f"{label}: done in {seconds:.1f} s: CV {self.scoring} {result.cv_score:.4f}, "
             f"test accuracy {result.accuracy:.4f} ({done})"
         )
-
-
-def _lost(outcome: Any) -> str:
-    """One line for a pair whose worker died or could not send its result back."""
-    if isinstance(outcome, WorkerDied):
-        return outcome.message
-    lines = str(outcome).strip().splitlines()
-    return lines[-1] if lines else repr(outcome)
 
 
 #: ``run_sweep``'s logger: each call logs its feature set's data notes (such as a reduced fold
