@@ -96,7 +96,7 @@ class _Fits:
     epoch_loss: Any  # (F,) this epoch's summed training loss, weighted by batch rows
     epoch_rows: Any  # (F,) rows behind epoch_loss
     epochs: Any  # (F,)
-    steps: Any  # (F,) Adam steps taken
+    steps: Any  # (4, F) float32 Adam steps taken, per parameter and fit (fused Adam's)
     index: Any  # (F,) position of each fit in the caller's list
 
     def subset(self, keep: Any) -> _Fits:
@@ -114,7 +114,7 @@ class _Fits:
             epoch_loss=self.epoch_loss[keep],
             epoch_rows=self.epoch_rows[keep],
             epochs=self.epochs[keep],
-            steps=self.steps[keep],
+            steps=self.steps[:, keep].clone(),
             index=self.index[keep],
         )
 
@@ -140,7 +140,7 @@ def _start(F: int, p: int, h: int, K: int, generator: Any, torch: Any, device: A
         epoch_loss=torch.zeros(F, device=device),
         epoch_rows=torch.zeros(F, device=device),
         epochs=torch.zeros(F, dtype=torch.int64, device=device),
-        steps=torch.zeros(F, dtype=torch.int64, device=device),
+        steps=torch.zeros(4, F, dtype=torch.float32, device=device),
         index=torch.arange(F, device=device),
     )
 
@@ -247,32 +247,55 @@ def _step(fits: _Fits, plan: _Plan, batch: Any, lr: float, torch: Any) -> None:
         logits = _logits(inputs, fits.params, torch).float()
     target = plan.y[rows].unsqueeze(2)
     loss = torch.logsumexp(logits, dim=2) - logits.gather(2, target).squeeze(2)
-    W1, _, W2, _ = fits.params
-    norms = (W1 * W1).sum(dim=(1, 2)) + (W2 * W2).sum(dim=(1, 2))
     stepping = count > 0
     safe = count.clamp_min(1e-12)
-    per_fit = (loss * weights).sum(dim=1) / safe + 0.5 * plan.alpha[index] * norms / safe
+    per_fit = (loss * weights).sum(dim=1) / safe  # the penalty's gradient is added below
     grads = torch.autograd.grad((per_fit * stepping).sum(), fits.params)
-    fits.steps += stepping
-    fits.epoch_loss += per_fit.detach() * count
-    fits.epoch_rows += count
-    correction1 = 1.0 - _BETA1 ** fits.steps.clamp_min(1)
-    correction2 = 1.0 - _BETA2 ** fits.steps.clamp_min(1)
-    every = bool(stepping.all())
+    W1, _, W2, _ = fits.params
     with torch.no_grad():
-        for p, g, (m, v) in zip(fits.params, grads, fits.moments, strict=True):
-            shape = (-1,) + (1,) * (p.dim() - 1)
-            if every:  # in place, the same arithmetic as below (no masks, fewer temporaries)
-                m.mul_(_BETA1).add_(g * (1.0 - _BETA1))
-                v.mul_(_BETA2).add_(g * g * (1.0 - _BETA2))
-                denominator = (v / correction2.view(shape)).sqrt_().add_(_EPS)
-                p.sub_((m / correction1.view(shape)).div_(denominator).mul_(lr))
-                continue
-            on = stepping.view(shape)
-            m.copy_(torch.where(on, m * _BETA1 + g * (1.0 - _BETA1), m))
-            v.copy_(torch.where(on, v * _BETA2 + g * g * (1.0 - _BETA2), v))
-            update = (m / correction1.view(shape)) / (v / correction2.view(shape)).sqrt().add(_EPS)
-            p.sub_(lr * update * on)
+        decay = plan.alpha[index] / safe  # d/dW of alpha / 2 * |W|^2 / rows
+        grads[0].add_(W1 * decay.view(-1, 1, 1))
+        grads[2].add_(W2 * decay.view(-1, 1, 1))
+        norms = (W1 * W1).sum(dim=(1, 2)) + (W2 * W2).sum(dim=(1, 2))
+    fits.epoch_loss += (per_fit.detach() + 0.5 * plan.alpha[index] * norms / safe) * count
+    fits.epoch_rows += count
+    _adam(fits, grads, stepping, lr, torch)
+
+
+def _adam(fits: _Fits, grads: Sequence[Any], stepping: Any, lr: float, torch: Any) -> None:
+    """Adam on each stepping fit's slice of the parameters: torch's fused kernel (one pass
+    over parameters, gradients and moments), each (parameter, fit) slice with its own step
+    count, so a fit that skipped a step keeps its own bias corrections."""
+    from torch.optim.adam import adam  # torch's functional Adam (``fused=True``: one kernel)
+
+    on = torch.nonzero(stepping).squeeze(1).tolist()
+    if not on:
+        return
+    params, grad_parts, firsts, seconds, counts = [], [], [], [], []
+    for k, (p, g, (m, v)) in enumerate(zip(fits.params, grads, fits.moments, strict=True)):
+        data = p.detach()
+        for f in on:
+            params.append(data[f])
+            grad_parts.append(g[f])
+            firsts.append(m[f])
+            seconds.append(v[f])
+            counts.append(fits.steps[k, f])
+    adam(
+        params,
+        grad_parts,
+        firsts,
+        seconds,
+        [],
+        counts,
+        fused=True,
+        amsgrad=False,
+        beta1=_BETA1,
+        beta2=_BETA2,
+        lr=lr,
+        weight_decay=0.0,
+        eps=_EPS,
+        maximize=False,
+    )
 
 
 def _end_epoch(fits: _Fits, plan: _Plan, early: Any, est: Any, torch: Any) -> Any:

@@ -153,10 +153,10 @@ def test_the_core_imports_neither_classifiers_nor_the_application() -> None:
 
 
 #: Torch may be used inside a batched head's ``fit`` (issue 11): ``classifiers.linear`` imports
-#: it, and its private solver module, only inside functions; importing ``classifiers`` and
-#: predicting with a fitted head stay torch-free (tests/classifiers/test_heads.py,
-#: test_linear.py check that at run time).
-TORCH_INSIDE_FIT = {"classifiers.linear", "classifiers._torch_linear"}
+#: it, and its private solver module, only inside functions, as ``classifiers.mlp`` imports
+#: torch's fused Adam; importing ``classifiers`` and predicting with a fitted head stay
+#: torch-free (tests/classifiers/test_heads.py, test_linear.py check that at run time).
+TORCH_INSIDE_FIT = {"classifiers.linear", "classifiers._torch_linear", "classifiers.mlp"}
 
 
 def test_classifiers_import_neither_featurestore_nor_torch() -> None:
