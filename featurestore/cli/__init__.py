@@ -11,13 +11,14 @@ One module per command group, each adding its commands to :data:`main`
 Everything printed that comes from outside (a file name, a reason) goes through
 :func:`~featurestore.cli.terminal.shown`, so it cannot drive the terminal.
 
-``python -m featurestore.cli`` runs :mod:`~featurestore.cli.__main__`; the ``featurestore``
-entry point is :data:`main`.
+The ``featurestore`` entry point and ``python -m featurestore.cli`` run :func:`run`
+(:mod:`~featurestore.cli.entry`): the group :data:`main`, then a prompt exit.
 """
 
 from __future__ import annotations
 
 from featurestore.cli import cache, extracting, heads, stores
+from featurestore.cli.entry import run
 from featurestore.cli.group import EXIT_INTERRUPTED, EXIT_SKIPPED, main
 
 __all__ = [
@@ -27,5 +28,6 @@ __all__ = [
     "extracting",
     "heads",
     "main",
+    "run",
     "stores",
 ]

@@ -1,5 +1,5 @@
 """``python -m featurestore.cli``: the ``featurestore`` command."""
 
-from featurestore.cli import main
+from featurestore.cli.entry import run
 
-main(prog_name="featurestore")
+run()
