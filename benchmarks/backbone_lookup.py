@@ -22,12 +22,13 @@ from pathlib import Path
 from _common import REPO, machine, print_machine, print_table
 
 _CLI = """
-import json, runpy, sys
+import json, sys
+from featurestore.cli import main
 sys.argv = ["featurestore", *sys.argv[1:]]
 import contextlib, io
 with contextlib.redirect_stdout(io.StringIO()) as out:
     try:
-        runpy.run_module("featurestore.cli", run_name="__main__", alter_sys=True)
+        main(prog_name="featurestore")  # the group: the entry point would end the process
     except SystemExit:
         pass
 heavy = [m for m in ("torch", "timm") if m in sys.modules]

@@ -21,11 +21,12 @@ N_IMAGES = 6
 
 # Runs the CLI (argv after the script) in this process, then reports the heavy modules loaded.
 _CLI_PROBE = """
-import json, runpy, sys
+import json, sys
+from featurestore.cli import main
 sys.argv = ["featurestore", *sys.argv[1:]]
 code = 0
 try:
-    runpy.run_module("featurestore.cli", run_name="__main__", alter_sys=True)
+    main(prog_name="featurestore")  # the group itself: the entry point would end the process
 except SystemExit as exc:
     code = exc.code
 heavy = [m for m in ("torch", "torchvision", "timm") if m in sys.modules]
