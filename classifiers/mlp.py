@@ -96,7 +96,9 @@ class _Fits:
     epoch_loss: Any  # (F,) this epoch's summed training loss, weighted by batch rows
     epoch_rows: Any  # (F,) rows behind epoch_loss
     epochs: Any  # (F,)
-    steps: Any  # (4, F) float32 Adam steps taken, per parameter and fit (fused Adam's)
+    # (4, F) float32 Adam steps per parameter tensor and fit: fused Adam counts each slice it
+    # is given on its own, so the four parameters of a fit need four (equal) counters.
+    steps: Any
     index: Any  # (F,) position of each fit in the caller's list
 
     def subset(self, keep: Any) -> _Fits:
