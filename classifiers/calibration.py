@@ -7,6 +7,19 @@ regression fitted on *out-of-fold* scores of the training data (Platt scaling; o
 regression on the score vector when there are more than two classes). Out-of-fold scores are
 needed because in-sample SVM scores of nearly separable features are overconfident.
 
+The regression is ``LogisticRegression(max_iter=1000)``, whose lbfgs stops at its default
+tolerance short of the optimum, and that early stop regularises: on caltech101 (7,348 training
+rows of 102 linear-SVM scores) its probabilities had a held-out log-loss of 0.247, where the
+exact optimum of the same objective (found by :class:`classifiers.linear.LinearHead` in 0.6 s
+against 11 s, or by lbfgs at ``tol=1e-8`` in 200 s) had 0.267, temperature scaling 0.272 and
+a Dirichlet-style off-diagonal penalty 0.251 at best.
+
+A sweep already has the out-of-fold scores: the linear SVM's search keeps them at the chosen C
+(``LinearHeadCV.cv_decision_``), and :func:`with_probabilities` takes them instead of fitting
+the head on folds again (on caltech101 that took 12-13 s; the calibrated probabilities'
+held-out log-loss was 0.247 either way). Its folds are the sweep's, which keep an image's views
+together; the folds fitted here are not grouped.
+
 Because ``predict`` stays the head's own, the probability of the predicted class can fall
 below the largest one for the few rows next to the decision boundary; use
 ``predict_proba(X)[i, k]`` for the class you care about.
@@ -62,17 +75,22 @@ class ScoreCalibrated(MetaEstimatorMixin, ClassifierMixin, BaseEstimator):
         self.classes_ = self.estimator_.classes_
         return self
 
-    def _calibrate(self, X: Any, y: Any) -> None:
+    def _calibrate(self, X: Any, y: Any, scores: np.ndarray | None = None) -> None:
+        """Fit the calibrator on ``scores`` (out-of-fold decision scores of ``X``'s rows), or
+        on scores from ``cv`` folds of ``estimator`` when none are given."""
         y = np.asarray(y)
-        _, counts = np.unique(y, return_counts=True)
-        folds = min(self.cv, int(counts.min()))
-        if folds < 2:
-            raise ValueError("every class needs at least 2 training rows to calibrate scores")
-        splitter = StratifiedKFold(folds, shuffle=True, random_state=self.random_state)
-        oof = cross_val_predict(
-            clone(self.estimator), X, y, cv=splitter, method="decision_function"
-        )
-        self.calibrator_ = LogisticRegression(max_iter=1000).fit(_as_columns(oof), y)
+        if scores is None:
+            _, counts = np.unique(y, return_counts=True)
+            folds = min(self.cv, int(counts.min()))
+            if folds < 2:
+                raise ValueError("every class needs at least 2 training rows to calibrate scores")
+            splitter = StratifiedKFold(folds, shuffle=True, random_state=self.random_state)
+            scores = cross_val_predict(
+                clone(self.estimator), X, y, cv=splitter, method="decision_function"
+            )
+        elif len(scores) != len(y):
+            raise ValueError(f"{len(scores)} rows of scores for {len(y)} labels")
+        self.calibrator_ = LogisticRegression(max_iter=1000).fit(_as_columns(scores), y)
 
     def predict(self, X: Any) -> np.ndarray:
         check_is_fitted(self, "estimator_")
@@ -88,16 +106,24 @@ class ScoreCalibrated(MetaEstimatorMixin, ClassifierMixin, BaseEstimator):
 
 
 def with_probabilities(
-    fitted: BaseEstimator, X_train: Any, y_train: Any, *, cv: int = 5, random_state: int = 0
+    fitted: BaseEstimator,
+    X_train: Any,
+    y_train: Any,
+    *,
+    cv: int = 5,
+    random_state: int = 0,
+    scores: np.ndarray | None = None,
 ) -> BaseEstimator:
     """``fitted`` itself if it has ``predict_proba``, else a :class:`ScoreCalibrated` head whose
     calibrator is fitted on out-of-fold scores of the training rows ``fitted`` was fitted on,
     and whose ``estimator_`` is ``fitted`` itself (not refitted: the same predictions by
-    construction, and one fit fewer)."""
+    construction, and one fit fewer). ``scores``: those out-of-fold scores, when the search
+    that chose ``fitted`` already has them (``decision_function``'s layout, one row per
+    training row); otherwise ``cv`` folds of ``fitted``'s clone compute them."""
     if not needs_calibration(fitted):
         return fitted
     calibrated = ScoreCalibrated(fitted, cv=cv, random_state=random_state)
-    calibrated._calibrate(X_train, y_train)
+    calibrated._calibrate(X_train, y_train, scores)
     calibrated.estimator_ = fitted
     calibrated.classes_ = fitted.classes_
     return calibrated

@@ -561,7 +561,12 @@ class LinearHeadCV(_LinearPredictMixin, ClassifierMixin, BaseEstimator):
         arrays over every evaluated C, ascending: ``param_C``, ``params``,
         ``mean_test_score``, ``std_test_score``, ``rank_test_score``, ``split{k}_test_score``,
         ``n_iter``, ``converged``, ``stage``), n_splits_, best_estimator_ (the refit, a fitted
-        :class:`LinearHead` at ``C_``), classes_, coef_, intercept_, n_iter_, converged_.
+        :class:`LinearHead` at ``C_``), classes_, coef_, intercept_, n_iter_, converged_,
+        cv_decision_ (every training row's ``decision_function`` scores at ``C_`` from the
+        fold fit that held it out, float32: what ``cross_val_predict(..., cv=folds,
+        method="decision_function")`` gives, to ``search_tol``, e.g. to calibrate
+        probabilities on; ``None`` when the folds do not hold out every row exactly once, or
+        past :data:`MAX_HELD_OUT_SCORES` entries).
     """
 
     def __init__(
@@ -621,7 +626,7 @@ class LinearHeadCV(_LinearPredictMixin, ClassifierMixin, BaseEstimator):
         work = data.X.size * len(data.classes) * len(folds)
         with _Session(self.device, self.n_jobs, work) as session:
             rows, mean, basis = session.rows_and_basis(data.X, _seed(self.random_state))
-            points, start = self._search(session, rows, basis, data, folds, grid)
+            points, start, held_out = self._search(session, rows, basis, mean, data, folds, grid)
             best = points[_best_index(points)]
             coef, intercept, n_iter, converged = _fit_one(
                 session,
@@ -637,6 +642,7 @@ class LinearHeadCV(_LinearPredictMixin, ClassifierMixin, BaseEstimator):
                 start=start,
             )
         self._store(points, best, len(folds))
+        self.cv_decision_ = held_out
         refit = LinearHead(**{k: v for k, v in self._refit_params().items()}, C=best.C)
         refit.classes_, refit.coef_, refit.intercept_ = data.classes, coef, intercept
         refit.n_iter_, refit.converged_ = n_iter, converged
@@ -655,13 +661,15 @@ class LinearHeadCV(_LinearPredictMixin, ClassifierMixin, BaseEstimator):
         session: _Session,
         rows: Any,
         basis: Any,
+        mean: np.ndarray,
         data: _Prepared,
         folds: list[tuple[np.ndarray, np.ndarray]],
         grid: np.ndarray,
-    ) -> tuple[list[_Point], Any]:
-        """Every evaluated C, and the refit's start: the mean of the folds' solutions at the
-        best C (as scikit-learn's ``LogisticRegressionCV`` starts its refit), which sits near
-        the whole split's optimum, so the refit needs a fraction of the iterations from zero."""
+    ) -> tuple[list[_Point], Any, np.ndarray | None]:
+        """Every evaluated C; the refit's start: the mean of the folds' solutions at the best
+        C (as scikit-learn's ``LogisticRegressionCV`` starts its refit), which sits near the
+        whole split's optimum, so the refit needs a fraction of the iterations from zero; and
+        the held-out scores at the best C (:func:`_held_out_scores`)."""
         n = len(data.y_idx)
         weights = np.zeros((len(folds), n))
         for b, (train, _) in enumerate(folds):
@@ -708,7 +716,8 @@ class LinearHeadCV(_LinearPredictMixin, ClassifierMixin, BaseEstimator):
         if self.refine and len(grid) > 1:
             points += self._refine(evaluate, batch, grid, points, anchors)
         start = best["P"].view(len(folds), -1, best["P"].shape[1]).mean(dim=0)
-        return sorted(points, key=lambda p: p.C), start
+        held_out = _held_out_scores(batch, best["P"], folds, data, mean, self.loss)
+        return sorted(points, key=lambda p: p.C), start, held_out
 
     def _refine(
         self,
@@ -759,6 +768,38 @@ class LinearHeadCV(_LinearPredictMixin, ClassifierMixin, BaseEstimator):
         self.best_params_ = {"C": best.C}
         self.best_score_ = best.mean
         self.n_splits_ = n_splits
+
+
+#: Most entries (rows x score columns) of the held-out scores a search keeps (128 MiB).
+MAX_HELD_OUT_SCORES = 1 << 25
+
+
+def _held_out_scores(
+    batch: Any,
+    P: Any,
+    folds: list[tuple[np.ndarray, np.ndarray]],
+    data: _Prepared,
+    mean: np.ndarray,
+    loss: str,
+) -> np.ndarray | None:
+    """Every row's ``decision_function`` scores (float32, in its layout) under the fit of the
+    fold that held it out, from the folds' solutions ``P``: what ``cross_val_predict`` would
+    give at the chosen C on these folds (to the search's tolerance), without fitting again.
+    ``None`` when some row is held out by no fold or by several, or when the scores would pass
+    :data:`MAX_HELD_OUT_SCORES`."""
+    n, n_classes = len(data.y_idx), len(data.classes)
+    columns = 1 if n_classes == 2 else n_classes
+    held = np.zeros(n, dtype=np.int64)
+    for _, test in folds:
+        np.add.at(held, test, 1)
+    if n * columns > MAX_HELD_OUT_SCORES or not np.all(held == 1):
+        return None
+    W, b = batch.coefficients(P)
+    scores = np.empty((n, columns), dtype=np.float32)
+    for f, (_, test) in enumerate(folds):
+        coef, intercept = _to_sklearn_layout(W[f], b[f], mean, loss, n_classes)
+        scores[test] = data.X[test] @ coef.T.astype(data.X.dtype, copy=False) + intercept
+    return scores.ravel() if columns == 1 else scores
 
 
 def _best_index(points: list[_Point]) -> int:

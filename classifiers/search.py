@@ -20,6 +20,7 @@ from sklearn.model_selection import GridSearchCV
 from sklearn.pipeline import Pipeline
 from sklearn.utils.class_weight import compute_sample_weight
 
+from classifiers.calibration import needs_calibration
 from classifiers.folds import FoldPlan
 from classifiers.heads import HeadSpec
 
@@ -41,6 +42,10 @@ class SearchOutcome:
         points: Every evaluated point: ``{"params", "mean", "std"}`` (JSON-safe).
         class_weight: ``"balanced"`` when it was applied, else ``None``.
         notes: Grid adaptations, unsupported class weights, grid-edge choices.
+        cv_decision: For a head without probabilities whose own search kept them (the linear
+            SVM's ``cv_decision_``), each training row's decision scores at ``best_params``
+            from the fold fit that held it out: what its probabilities are calibrated on
+            (:func:`classifiers.calibration.with_probabilities`); else ``None``.
     """
 
     best_params: dict[str, Any]
@@ -50,6 +55,7 @@ class SearchOutcome:
     points: list[dict[str, Any]]
     class_weight: str | None = None
     notes: list[str] = field(default_factory=list)
+    cv_decision: np.ndarray | None = None
 
 
 def _seeded(estimator: BaseEstimator, random_state: int) -> BaseEstimator:
@@ -193,6 +199,8 @@ def _internal(
         notes=notes
         + list(getattr(inner, "search_notes_", []))
         + edge_notes(chosen, searched, spec.limits),
+        # Only where the saved head will need them: they are as large as the rows' scores.
+        cv_decision=getattr(inner, "cv_decision_", None) if needs_calibration(fixed) else None,
     )
 
 

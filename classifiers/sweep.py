@@ -142,6 +142,9 @@ class SweepResult:
             image keys) and the head's (grid points dropped for these folds, class weights not
             supported, a choice on the edge of the searched range).
         search: Every point searched: ``[{"params", "mean", "std"}]`` (JSON-safe).
+        cv_decision: The training rows' out-of-fold decision scores at ``best_params``, kept by
+            a head without probabilities whose search computed them (the linear SVM), to
+            calibrate its probabilities without fitting again; else ``None``.
     """
 
     feature_set: str
@@ -165,6 +168,7 @@ class SweepResult:
     class_weight: str | None = None
     notes: tuple[str, ...] = ()
     search: tuple[dict[str, Any], ...] = ()
+    cv_decision: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def accuracy(self) -> float:
@@ -609,4 +613,5 @@ def _fit_head(
         class_weight=outcome.class_weight,
         notes=(*data_notes, *outcome.notes),
         search=tuple(outcome.points),
+        cv_decision=outcome.cv_decision,
     )

@@ -491,11 +491,17 @@ def chosen_head(
     best: SweepResult, data: SweepData, *, cv: int, seed: int
 ) -> tuple[Any, str | None]:
     """``best``'s estimator with probabilities (the SVMs get a calibrator fitted on the
-    training split), or itself and the reason when that calibration cannot be fitted."""
+    training split: on the out-of-fold scores its search kept, when it kept them), or itself
+    and the reason when that calibration cannot be fitted."""
     fs = _feature_set(data, best.feature_set)
     try:
         return with_probabilities(
-            best.estimator, fs.X_train, fs.y_train, cv=cv, random_state=seed
+            best.estimator,
+            fs.X_train,
+            fs.y_train,
+            cv=cv,
+            random_state=seed,
+            scores=best.cv_decision,
         ), None
     except (ValueError, RuntimeError) as exc:
         return best.estimator, (

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 
 import featurestore.experiment as experiment
@@ -188,6 +189,38 @@ def test_the_saved_head_is_the_cv_choice_not_the_test_best(tmp_path: Path) -> No
     assert rows[0]["feature_set"] == "shifted" and rows[0]["chosen"]
     markdown = out.paths["markdown"].read_text()
     assert "It was not chosen: the held-out split only reports, it never selects." in markdown
+
+
+def test_the_chosen_svm_is_calibrated_on_its_searchs_held_out_scores(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The linear SVM's search keeps each training row's out-of-fold scores (sent back from
+    the worker that fitted it); the chosen SVM's probabilities are calibrated on them, and its
+    folds are not fitted a second time."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the chosen head's folds were fitted again")
+
+    monkeypatch.setattr("classifiers.calibration.cross_val_predict", refuse)
+    data = cv_vs_test()
+    settings = SweepSettings.make(heads=["linear_svm", "logreg"], cv=3, jobs=2)
+    out = sweep_and_report(data, tmp_path / "r", settings=settings, source="x")
+    assert not out.failures
+    by_head = {(r.feature_set, r.head): r for r in out.results}
+    for name in ("shifted", "honest"):
+        svm, logreg = by_head[(name, "linear_svm")], by_head[(name, "logreg")]
+        assert svm.cv_decision.shape == (len(data.feature_set(name).y_train),)
+        assert logreg.cv_decision is None  # it has probabilities of its own
+        # What the report saves for a chosen SVM: its calibrator fitted on those scores.
+        head, problem = experiment.chosen_head(svm, data, cv=3, seed=0)
+        assert problem is None and head.estimator_ is svm.estimator
+        fs = data.feature_set(name)
+        scores = svm.cv_decision.astype(np.float64).reshape(-1, 1)
+        alone = LogisticRegression(max_iter=1000).fit(scores, fs.y_train)
+        np.testing.assert_array_equal(
+            head.predict_proba(fs.X_test),
+            alone.predict_proba(svm.estimator.decision_function(fs.X_test).reshape(-1, 1)),
+        )
 
 
 def test_one_heads_failure_loses_nothing(

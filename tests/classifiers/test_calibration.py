@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from sklearn.datasets import make_classification
+from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import log_loss
 from sklearn.model_selection import train_test_split
 
@@ -69,3 +70,24 @@ def test_calibration_needs_two_rows_per_class() -> None:
     y = np.array([0, 0, 0, 0, 1])
     with pytest.raises(ValueError, match="at least 2 training rows"):
         ScoreCalibrated(get_head("linear_svm").build()).fit(X, y)
+
+
+def test_scores_from_the_search_are_used_instead_of_fitting_the_folds_again(monkeypatch) -> None:
+    """The sweep passes the linear SVM's out-of-fold scores (``cv_decision_``): the calibrator
+    is fitted on them, and the head is not fitted on folds again."""
+    X_tr, _, y_tr, _ = _data(3)
+    searched = get_head("linear_svm").build().fit(X_tr, y_tr)
+    scores = searched[-1].cv_decision_
+    assert scores.shape == (len(y_tr), 3)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the folds were fitted again")
+
+    monkeypatch.setattr("classifiers.calibration.cross_val_predict", refuse)
+    calibrated = with_probabilities(searched, X_tr, y_tr, scores=scores)
+    assert calibrated.estimator_ is searched
+    # The calibrator is the one those scores give.
+    expected = LogisticRegression(max_iter=1000).fit(scores.astype(np.float64), y_tr)
+    np.testing.assert_array_equal(calibrated.calibrator_.coef_, expected.coef_)
+    with pytest.raises(ValueError, match="rows of scores"):
+        with_probabilities(searched, X_tr, y_tr, scores=scores[:-1])

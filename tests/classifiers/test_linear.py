@@ -14,7 +14,7 @@ from scipy.optimize import minimize
 from sklearn.base import clone
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, log_loss
-from sklearn.model_selection import GridSearchCV, StratifiedKFold
+from sklearn.model_selection import GridSearchCV, StratifiedKFold, cross_val_predict
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils.class_weight import compute_sample_weight
@@ -364,3 +364,31 @@ def test_rows_are_grouped_by_the_fits_that_leave_them_out() -> None:
     every = [r for r in runs if r[2] is None]
     assert order[every[0][0] : every[0][1]].tolist() == [2, 5]
     assert _segments(np.zeros((1, 4), dtype=bool)) == (None, [(0, 4, None)])
+
+
+@pytest.mark.parametrize("loss", ["log_loss", "squared_hinge"])
+@pytest.mark.parametrize("n_classes", [2, 3])
+def test_cv_decision_is_each_rows_score_from_the_fold_that_held_it_out(
+    problem, loss: str, n_classes: int
+) -> None:
+    """``cv_decision_`` is what ``cross_val_predict(method="decision_function")`` gives at the
+    chosen C on the same folds, in ``decision_function``'s layout."""
+    X, y = problem(n_classes, class_sep=0.8)
+    folds = list(StratifiedKFold(4, shuffle=True, random_state=0).split(X, y))
+    search = LinearHeadCV(loss, Cs=[1e-2, 1.0], refine=0, cv=folds, search_tol=1e-6).fit(X, y)
+    expected = cross_val_predict(
+        LinearHead(loss, C=search.C_, tol=1e-6), X, y, cv=folds, method="decision_function"
+    )
+    assert search.cv_decision_.dtype == np.float32
+    assert search.cv_decision_.shape == expected.shape == search.decision_function(X).shape
+    np.testing.assert_allclose(search.cv_decision_, expected, atol=2e-3 * np.abs(expected).max())
+    # Out of fold, not the refit's in-sample scores.
+    assert np.abs(search.cv_decision_ - search.decision_function(X)).max() > 1e-2
+
+
+def test_cv_decision_is_none_when_folds_do_not_hold_out_every_row_once(problem) -> None:
+    X, y = problem(3)
+    halves = list(StratifiedKFold(2, shuffle=True, random_state=0).split(X, y))
+    folds = [halves[0], halves[0]]  # the second half's rows are never held out
+    search = LinearHeadCV("squared_hinge", Cs=[1.0], refine=0, cv=folds).fit(X, y)
+    assert search.cv_decision_ is None

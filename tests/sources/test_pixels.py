@@ -39,3 +39,22 @@ def test_the_files_the_loader_opened_are_closed_after(tmp_path: Path) -> None:
     pixel_rows(src.records, src.loader, size=2)
     with h5py.File(path, "w") as f:  # HDF5 refuses this while the loader holds the file
         f["x"] = np.ones((2, 4, 4), np.uint8)
+
+
+def test_threads_give_the_rows_and_skips_of_one_thread(tmp_path: Path) -> None:
+    """Several threads' chunks land in the records' order, skips included."""
+    rng = np.random.default_rng(1)
+    path = tmp_path / "x.h5"
+    with h5py.File(path, "w") as f:
+        f["x"] = rng.integers(0, 256, (300, 9, 7, 3), dtype=np.uint8)
+    records = list(open_source(path).records)
+    for i in (0, 70, 199, 299):  # in the first, middle and last chunks
+        missing = str(tmp_path / f"no{i}.png")
+        records.insert(i, Record(f"k{i}", f"no{i}.png", None, None, ("file", missing)))
+    one = pixel_rows(records, open_source(path).loader, size=5, threads=1)
+    four = pixel_rows(records, open_source(path).loader, size=5, threads=4)
+    np.testing.assert_array_equal(one[0], four[0])
+    np.testing.assert_array_equal(one[1], four[1])
+    assert [s.path for s in four[2]] == [s.path for s in one[2]]
+    assert [s.path for s in four[2]] == ["no0.png", "no70.png", "no199.png", "no299.png"]
+    assert int(four[1].sum()) == 300 and four[0][four[1]].any(axis=1).all()
