@@ -36,7 +36,14 @@ from sklearn.utils.validation import _check_sample_weight, check_is_fitted, vali
 from threadpoolctl import threadpool_limits
 
 from classifiers.cv_table import PredictsWithRefit, store_search
-from classifiers.linear import _splits, available_bytes, default_n_jobs, scorer
+from classifiers.linear import (
+    MAX_HELD_OUT_SCORES,
+    _each_row_held_out_once,
+    _splits,
+    available_bytes,
+    default_n_jobs,
+    scorer,
+)
 from classifiers.memo import LastResult, content_key
 from classifiers.nystroem import MAX_EXACT_ROWS, N_COMPONENTS, fit_approximate
 from classifiers.one_vs_one import OneVsOne
@@ -246,13 +253,20 @@ class _Shared:
                 self._value = None
 
 
-def _held_out_labels(kernels: _Shared, C: float, settings: dict[str, Any]) -> np.ndarray:
-    """Fit at ``C`` on a fold's training kernel; the labels it gives the held-out rows."""
+def _held_out(
+    kernels: _Shared, C: float, settings: dict[str, Any], keep_scores: bool
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Fit at ``C`` on a fold's training kernel; the labels it gives the held-out rows, and
+    their decision scores (float32) when ``keep_scores``."""
     fold = kernels.get()
     try:
         svc = _svc(C, settings["class_weight"], settings["tol"], settings["cache_size"])
         svc.fit(fold.training.K, fold.training.y, sample_weight=fold.training.weights)
-        return svc.classes_[OneVsOne(svc, columns=svc.support_).predict(fold.K_test)]
+        ovo = OneVsOne(svc, columns=svc.support_)
+        if not keep_scores:
+            return svc.classes_[ovo.predict(fold.K_test)], None
+        labels, scores = ovo.predict_and_scores(fold.K_test)
+        return svc.classes_[labels], scores.astype(np.float32)
     finally:
         kernels.release()
 
@@ -265,8 +279,10 @@ def _search(
     settings: dict[str, Any],
     sample_weight: np.ndarray | None,
     threads: int,
-) -> tuple[list[list[np.ndarray]], _Training]:
-    """Held-out labels per fold and C, and the refit's training kernel.
+    keep_scores: bool = False,
+) -> tuple[list[list[tuple[np.ndarray, np.ndarray | None]]], _Training]:
+    """Held-out (labels, scores or ``None``) per fold and C (:func:`_held_out`), and the
+    refit's training kernel.
 
     Every (fold, C) fit is one task for ``threads`` threads (libsvm and BLAS release the GIL).
     The folds go in groups of ``threads``, a group's tasks C by C across its folds, so each
@@ -294,11 +310,11 @@ def _search(
     if None not in tasks:
         tasks.append(None)
 
-    def run(task: tuple[int, int] | None) -> np.ndarray | None:
+    def run(task: tuple[int, int] | None) -> tuple[np.ndarray, np.ndarray | None] | None:
         if task is None:
             refit.get()
             return None
-        return _held_out_labels(shared[task[0]], Cs[task[1]], settings)
+        return _held_out(shared[task[0]], Cs[task[1]], settings, keep_scores)
 
     # One BLAS thread per task: the tasks are the parallelism (two 2-thread products on two
     # cores spin against each other). On one thread as well, so the kernels are the same to the
@@ -337,7 +353,12 @@ class RBFSVMHeadCV(PredictsWithRefit, ClassifierMixin, BaseEstimator):
         best_estimator_ (the refit: a fitted :class:`RBFSVMHead`, or for the approximation a
         ``Pipeline`` of scaler, :class:`~classifiers.nystroem.RBFNystroem` map and
         :class:`~classifiers.linear.LinearHead`), classes_, approximated_ (bool),
-        search_notes_ (what a report should say about how the head was fitted).
+        search_notes_ (what a report should say about how the head was fitted),
+        cv_decision_ (every training row's ``decision_function`` scores at the chosen C from
+        the fold fit that held it out, float32, as in
+        :class:`~classifiers.linear.LinearHeadCV`; ``None`` when the folds do not hold out
+        every row once, or past :data:`~classifiers.linear.MAX_HELD_OUT_SCORES` entries over
+        all the Cs, whose scores the search keeps until it has chosen).
     """
 
     refit_methods = ("predict", "decision_function")
@@ -391,16 +412,19 @@ class RBFSVMHeadCV(PredictsWithRefit, ClassifierMixin, BaseEstimator):
         while jobs > 1 and _too_big(X.shape[0], jobs + 1, available):
             jobs -= 1
         _check_kernel_memory(X.shape[0], jobs + 1, available)
-        predictions, training = _search(X, y, folds, Cs, settings, weights, jobs)
+        columns = 1 if len(np.unique(y)) == 2 else len(np.unique(y))
+        keep = X.shape[0] * columns * len(Cs) <= MAX_HELD_OUT_SCORES
+        held_out, training = _search(X, y, folds, Cs, settings, weights, jobs, keep)
         table = np.array(
             [
-                [score(y[test], predictions[f][c]) for f, (_, test) in enumerate(folds)]
+                [score(y[test], held_out[f][c][0]) for f, (_, test) in enumerate(folds)]
                 for c in range(len(Cs))
             ]
         )
         means = table.mean(axis=1)
         best = int(np.argmax(means))  # equal scores: the first C given
         self._store(Cs, table, best)
+        self.cv_decision_ = _out_of_fold([f[best][1] for f in held_out], folds, X.shape[0])
         refit = RBFSVMHead(Cs[best], **settings)
         refit.n_features_in_ = self.n_features_in_
         if hasattr(self, "feature_names_in_"):
@@ -442,7 +466,8 @@ class RBFSVMHeadCV(PredictsWithRefit, ClassifierMixin, BaseEstimator):
             n_jobs=self.n_jobs,
             random_state=self.random_state,
         )
-        for name in ("cv_results_", "best_index_", "best_params_", "best_score_", "n_splits_"):
+        names = ("cv_results_", "best_index_", "best_params_", "best_score_", "n_splits_")
+        for name in (*names, "cv_decision_"):
             setattr(self, name, getattr(search, name))
         self.best_estimator_ = refit
         self.classes_ = refit.classes_
@@ -455,3 +480,18 @@ class RBFSVMHeadCV(PredictsWithRefit, ClassifierMixin, BaseEstimator):
             "(not libsvm's) was chosen by CV"
         ]
         return self
+
+
+def _out_of_fold(
+    scores: list[np.ndarray | None], folds: list[tuple[np.ndarray, np.ndarray]], n: int
+) -> np.ndarray | None:
+    """Each fold's held-out scores placed at its rows: one score row per training row, or
+    ``None`` when a fold kept none or some row is held out by no fold or by several."""
+    if any(s is None for s in scores) or not _each_row_held_out_once(folds, n):
+        return None
+    first = scores[0]
+    assert first is not None
+    out = np.empty((n, *first.shape[1:]), dtype=np.float32)
+    for part, (_, test) in zip(scores, folds, strict=True):
+        out[test] = part
+    return out

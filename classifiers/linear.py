@@ -774,6 +774,14 @@ class LinearHeadCV(_LinearPredictMixin, ClassifierMixin, BaseEstimator):
 MAX_HELD_OUT_SCORES = 1 << 25
 
 
+def _each_row_held_out_once(folds: list[tuple[np.ndarray, np.ndarray]], n: int) -> bool:
+    """Whether the folds' held-out parts cover the ``n`` rows exactly (a K-fold split)."""
+    held = np.zeros(n, dtype=np.int64)
+    for _, test in folds:
+        np.add.at(held, test, 1)
+    return bool(np.all(held == 1))
+
+
 def _held_out_scores(
     batch: Any,
     P: Any,
@@ -789,10 +797,7 @@ def _held_out_scores(
     :data:`MAX_HELD_OUT_SCORES`."""
     n, n_classes = len(data.y_idx), len(data.classes)
     columns = 1 if n_classes == 2 else n_classes
-    held = np.zeros(n, dtype=np.int64)
-    for _, test in folds:
-        np.add.at(held, test, 1)
-    if n * columns > MAX_HELD_OUT_SCORES or not np.all(held == 1):
+    if n * columns > MAX_HELD_OUT_SCORES or not _each_row_held_out_once(folds, n):
         return None
     W, b = batch.coefficients(P)
     scores = np.empty((n, columns), dtype=np.float32)

@@ -8,7 +8,7 @@ of classes at a time. :class:`OneVsOne` gives the same votes and values (scikit-
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 from sklearn.svm import SVC
@@ -58,6 +58,7 @@ class OneVsOne:
         self.bias[i, j] = self.bias[j, i] = svc._intercept_
         self.upper = np.triu(np.ones((k, k), dtype=bool), 1)
         self.lower = self.upper.T
+        self.signs = self.upper.astype(np.float64) - self.lower
 
     def _values(self, K: np.ndarray) -> np.ndarray:
         """(rows, classes, classes): ``[r, i, j]`` is pair (i, j)'s decision value for row r."""
@@ -68,19 +69,36 @@ class OneVsOne:
         D += self.bias
         return D
 
-    def _blocks(self, K: np.ndarray, reduce: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    def _value_blocks(self, K: np.ndarray) -> Iterator[np.ndarray]:
+        """:meth:`_values` of ``K``'s rows, a block of rows at a time."""
         rows = max(1, (1 << 21) // (self.n_classes * self.n_classes))
-        if K.shape[0] <= rows:
-            return reduce(self._values(K))
-        return np.concatenate(
-            [reduce(self._values(K[s : s + rows])) for s in range(0, K.shape[0], rows)]
-        )
+        for s in range(0, max(K.shape[0], 1), rows):  # one (empty) block for no rows
+            yield self._values(K[s : s + rows])
+
+    def _blocks(self, K: np.ndarray, reduce: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+        return np.concatenate([reduce(D) for D in self._value_blocks(K)])
 
     def _votes(self, D: np.ndarray, ties_to_first: bool) -> np.ndarray:
         """Votes per class: pair (i, j), i < j, votes i when its value is > 0 (libsvm's
         prediction; ``ties_to_first``: >= 0, scikit-learn's decision_function), else j."""
         first = D >= 0 if ties_to_first else D > 0
         return (first & self.upper).sum(axis=2) + (~first & self.lower).sum(axis=2)
+
+    def _scores(self, D: np.ndarray, votes: np.ndarray | None = None) -> np.ndarray:
+        """:meth:`scores` of the rows of ``D``; ``votes``: their votes for :meth:`predict`,
+        which are the ones needed here unless a value is exactly 0."""
+        if self.n_classes == 2:
+            return -D[:, 0, 1]
+        if votes is None or self._has_tie(D):
+            votes = self._votes(D, True)
+        confidence = np.einsum("rij,ij->ri", D, self.signs)
+        return votes + confidence / (3 * (np.abs(confidence) + 1))
+
+    def _has_tie(self, D: np.ndarray) -> bool:
+        """Whether some pair's value is exactly 0 (the diagonal, no pair, left out)."""
+        ties = D == 0
+        ties.reshape(len(D), -1)[:, :: self.n_classes + 1] = False
+        return bool(ties.any())
 
     def predict(self, K: np.ndarray) -> np.ndarray:
         """libsvm's prediction: the class index with the most votes (ties: the lower)."""
@@ -90,12 +108,13 @@ class OneVsOne:
         """``SVC``'s ``decision_function``: for two classes class 1's side (one column);
         else ``decision_function_shape="ovr"``: the votes plus the summed confidences squashed
         into (-1/3, 1/3) (scikit-learn's ``_ovr_decision_function``, vectorised)."""
-        if self.n_classes == 2:
-            return -self._blocks(K, lambda D: D[:, 0, 1])
-        signs = self.upper.astype(np.float64) - self.lower
+        return self._blocks(K, self._scores)
 
-        def ovr(D: np.ndarray) -> np.ndarray:
-            confidence = (D * signs).sum(axis=2)
-            return self._votes(D, True) + confidence / (3 * (np.abs(confidence) + 1))
-
-        return self._blocks(K, ovr)
+    def predict_and_scores(self, K: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(:meth:`predict`, :meth:`scores`) of ``K`` from one pass over its decision values."""
+        labels, scores = [], []
+        for D in self._value_blocks(K):
+            votes = self._votes(D, False)
+            labels.append(votes.argmax(axis=1))
+            scores.append(self._scores(D, votes))
+        return np.concatenate(labels), np.concatenate(scores)

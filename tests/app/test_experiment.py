@@ -194,8 +194,8 @@ def test_the_saved_head_is_the_cv_choice_not_the_test_best(tmp_path: Path) -> No
 def test_the_chosen_svm_is_calibrated_on_its_searchs_held_out_scores(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The linear SVM's search keeps each training row's out-of-fold scores (sent back from
-    the worker that fitted it); the chosen SVM's probabilities are calibrated on them, and its
+    """The SVMs' searches keep each training row's out-of-fold scores (sent back from the
+    worker that fitted them); a chosen SVM's probabilities are calibrated on them, and its
     folds are not fitted a second time."""
 
     def refuse(*args, **kwargs):
@@ -203,24 +203,24 @@ def test_the_chosen_svm_is_calibrated_on_its_searchs_held_out_scores(
 
     monkeypatch.setattr("classifiers.calibration.cross_val_predict", refuse)
     data = cv_vs_test()
-    settings = SweepSettings.make(heads=["linear_svm", "logreg"], cv=3, jobs=2)
+    settings = SweepSettings.make(heads=["linear_svm", "rbf_svm", "logreg"], cv=3, jobs=2)
     out = sweep_and_report(data, tmp_path / "r", settings=settings, source="x")
     assert not out.failures
     by_head = {(r.feature_set, r.head): r for r in out.results}
     for name in ("shifted", "honest"):
-        svm, logreg = by_head[(name, "linear_svm")], by_head[(name, "logreg")]
-        assert svm.cv_decision.shape == (len(data.feature_set(name).y_train),)
-        assert logreg.cv_decision is None  # it has probabilities of its own
-        # What the report saves for a chosen SVM: its calibrator fitted on those scores.
-        head, problem = experiment.chosen_head(svm, data, cv=3, seed=0)
-        assert problem is None and head.estimator_ is svm.estimator
         fs = data.feature_set(name)
-        scores = svm.cv_decision.astype(np.float64).reshape(-1, 1)
-        alone = LogisticRegression(max_iter=1000).fit(scores, fs.y_train)
-        np.testing.assert_array_equal(
-            head.predict_proba(fs.X_test),
-            alone.predict_proba(svm.estimator.decision_function(fs.X_test).reshape(-1, 1)),
-        )
+        assert by_head[(name, "logreg")].cv_decision is None  # probabilities of its own
+        for svm in (by_head[(name, "linear_svm")], by_head[(name, "rbf_svm")]):
+            assert svm.cv_decision.shape == (len(fs.y_train),)
+            # What the report saves for a chosen SVM: its calibrator fitted on those scores.
+            head, problem = experiment.chosen_head(svm, data, cv=3, seed=0)
+            assert problem is None and head.estimator_ is svm.estimator
+            scores = svm.cv_decision.astype(np.float64).reshape(-1, 1)
+            alone = LogisticRegression(max_iter=1000).fit(scores, fs.y_train)
+            test_scores = svm.estimator.decision_function(fs.X_test).reshape(-1, 1)
+            np.testing.assert_array_equal(
+                head.predict_proba(fs.X_test), alone.predict_proba(test_scores)
+            )
 
 
 def test_one_heads_failure_loses_nothing(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from sklearn.base import clone
-from sklearn.model_selection import GridSearchCV, StratifiedKFold
+from sklearn.model_selection import GridSearchCV, StratifiedKFold, cross_val_predict
 from sklearn.neural_network import MLPClassifier
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
@@ -123,6 +123,25 @@ def test_rbf_search_gives_the_same_head_on_one_thread_or_several(problem) -> Non
     for key in ("mean_test_score", "split0_test_score", "split2_test_score"):
         np.testing.assert_array_equal(one.cv_results_[key], three.cv_results_[key])
     np.testing.assert_array_equal(one.decision_function(X), three.decision_function(X))
+
+
+@pytest.mark.parametrize("n_classes", [2, 3])
+def test_rbf_search_keeps_the_chosen_cs_out_of_fold_scores(problem, n_classes: int) -> None:
+    """``cv_decision_`` is what ``cross_val_predict(method="decision_function")`` gives for the
+    chosen C on the same folds (each fold standardised with its own rows, as a scaler in a
+    pipeline would be)."""
+    X, y = problem(n_classes, class_sep=0.8)
+    folds = list(StratifiedKFold(4, shuffle=True, random_state=0).split(X, y))
+    ours = RBFSVMHeadCV(Cs=(0.1, 1.0, 10.0), cv=folds, n_jobs=2).fit(X, y)
+    expected = cross_val_predict(
+        RBFSVMHead(C=ours.best_params_["C"]), X, y, cv=folds, method="decision_function"
+    )
+    assert ours.cv_decision_.dtype == np.float32
+    assert ours.cv_decision_.shape == expected.shape == ours.decision_function(X).shape
+    np.testing.assert_allclose(ours.cv_decision_, expected, atol=1e-4)
+    assert np.abs(ours.cv_decision_ - ours.decision_function(X)).max() > 1e-2
+    overlapping = [folds[0], folds[0], folds[1], folds[2]]  # folds[3] never held out
+    assert RBFSVMHeadCV(Cs=(1.0,), cv=overlapping).fit(X, y).cv_decision_ is None
 
 
 def test_mlp_learns_and_keeps_its_best_epoch(three_class) -> None:
