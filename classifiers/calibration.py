@@ -14,9 +14,9 @@ exact optimum of the same objective (found by :class:`classifiers.linear.LinearH
 against 11 s, or by lbfgs at ``tol=1e-8`` in 200 s) had 0.267, temperature scaling 0.272 and
 a Dirichlet-style off-diagonal penalty 0.251 at best.
 
-A sweep already has the out-of-fold scores: the linear SVM's search keeps them at the chosen C
-(``LinearHeadCV.cv_decision_``), and :func:`with_probabilities` takes them instead of fitting
-the head on folds again (on caltech101 that took 12-13 s; the calibrated probabilities'
+A sweep already has the out-of-fold scores: the SVMs' searches keep them at the chosen C
+(``LinearHeadCV.cv_decision_``, ``RBFSVMHeadCV.cv_decision_``), and :func:`with_probabilities`
+takes them instead of fitting the head on folds again (on caltech101 that took 12-13 s; the calibrated probabilities'
 held-out log-loss was 0.247 either way). Its folds are the sweep's, which keep an image's views
 together; the folds fitted here are not grouped.
 

@@ -42,8 +42,8 @@ class SearchOutcome:
         points: Every evaluated point: ``{"params", "mean", "std"}`` (JSON-safe).
         class_weight: ``"balanced"`` when it was applied, else ``None``.
         notes: Grid adaptations, unsupported class weights, grid-edge choices.
-        cv_decision: For a head without probabilities whose own search kept them (the linear
-            SVM's ``cv_decision_``), each training row's decision scores at ``best_params``
+        cv_decision: For a head without probabilities whose own search kept them (the SVMs'
+            ``cv_decision_``), each training row's decision scores at ``best_params``
             from the fold fit that held it out: what its probabilities are calibrated on
             (:func:`classifiers.calibration.with_probabilities`); else ``None``.
     """

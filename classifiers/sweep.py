@@ -143,7 +143,7 @@ class SweepResult:
             supported, a choice on the edge of the searched range).
         search: Every point searched: ``[{"params", "mean", "std"}]`` (JSON-safe).
         cv_decision: The training rows' out-of-fold decision scores at ``best_params``, kept by
-            a head without probabilities whose search computed them (the linear SVM), to
+            a head without probabilities whose search computed them (the SVMs), to
             calibrate its probabilities without fitting again; else ``None``.
     """
 

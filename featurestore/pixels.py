@@ -59,6 +59,7 @@ def pixel_rows(
         if workers == 1:
             outcomes += [o for start in starts for o in chunk(start)]
         else:
+            # A chunk's error (or Ctrl-C) ends map at once: the chunks not started are dropped.
             with ThreadPoolExecutor(workers, thread_name_prefix="featurestore-pixels") as pool:
                 outcomes += [o for part in pool.map(chunk, starts) for o in part]
     finally:

@@ -19,6 +19,7 @@ loads from once, and :meth:`ArrayLoader.close` closes them.
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -507,6 +508,8 @@ class ArrayLoader:
         self._files: dict[str, Any] = {}
         self._datasets: dict[tuple[str, str], Any] = {}
         self._formats: dict[tuple[str, str], ArrayFormat] = {}
+        # Threads may load side by side (the pixel baseline): each file is opened by one.
+        self._lock = threading.Lock()
 
     def load(self, ref: tuple[Any, ...], *, draft_size: int | None) -> Image.Image:
         file, name, index = ref[1:4]
@@ -524,21 +527,29 @@ class ArrayLoader:
     def _dataset(self, file: str, name: str) -> Any:
         dataset = self._datasets.get((file, name))
         if dataset is None:
-            if file not in self._files:
-                self._files[file] = open_file(Path(file))
-            dataset = _images_dataset(self._files[file], Path(file), name)
-            self._datasets[(file, name)] = dataset
+            with self._lock:
+                dataset = self._datasets.get((file, name))
+                if dataset is None:
+                    if file not in self._files:
+                        self._files[file] = open_file(Path(file))
+                    dataset = _images_dataset(self._files[file], Path(file), name)
+                    self._datasets[(file, name)] = dataset
         return dataset
 
     def _format(self, file: str, name: str, dataset: Any) -> ArrayFormat:
         fmt = self._formats.get((file, name))
         if fmt is None:
-            fmt = self._formats[(file, name)] = dataset_format(Path(file), name, dataset)
+            with self._lock:
+                fmt = self._formats.get((file, name))
+                if fmt is None:
+                    fmt = dataset_format(Path(file), name, dataset)
+                    self._formats[(file, name)] = fmt
         return fmt
 
     def close(self) -> None:
         """Close the files this loader opened (a later load opens them again)."""
-        self._datasets.clear()
-        files, self._files = self._files, {}
+        with self._lock:
+            self._datasets.clear()
+            files, self._files = self._files, {}
         for f in files.values():
             f.close()

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+import pytest
+from PIL import Image
 
 from featurestore.pixels import pixel_rows
 from featurestore.sources import Record, open_source
@@ -58,3 +60,55 @@ def test_threads_give_the_rows_and_skips_of_one_thread(tmp_path: Path) -> None:
     assert [s.path for s in four[2]] == [s.path for s in one[2]]
     assert [s.path for s in four[2]] == ["no0.png", "no70.png", "no199.png", "no299.png"]
     assert int(four[1].sum()) == 300 and four[0][four[1]].any(axis=1).all()
+
+
+def test_threads_open_each_file_once_and_close_them_all(tmp_path: Path, monkeypatch) -> None:
+    """Several threads reaching a file no thread has opened yet open it once (a second handle
+    would stay open after ``close``)."""
+    import time
+
+    from featurestore.sources import arrays
+
+    opened: list[str] = []
+    real_open = arrays.open_file
+
+    def slow_open(path):
+        opened.append(str(path))
+        time.sleep(0.05)  # wide enough for every thread to arrive
+        return real_open(path)
+
+    monkeypatch.setattr(arrays, "open_file", slow_open)
+    for k in range(3):
+        with h5py.File(tmp_path / f"x{k}.h5", "w") as f:
+            f["x"] = np.full((70, 4, 4, 3), k, dtype=np.uint8)
+    sources = [open_source(tmp_path / f"x{k}.h5") for k in range(3)]
+    records = [r for src in sources for r in src.records]
+    opened.clear()  # opening the sources read them too
+    # Interleaved, so every thread's first chunk reaches every file at once.
+    records = [records[i] for k in range(70) for i in (k, 70 + k, 140 + k)]
+    _, ok, _ = pixel_rows(records, sources[0].loader, size=2, threads=4)
+    assert ok.all() and sorted(opened) == sorted({str(tmp_path / f"x{k}.h5") for k in range(3)})
+    for k in range(3):  # every handle is closed: HDF5 lets each file be rewritten
+        with h5py.File(tmp_path / f"x{k}.h5", "w") as f:
+            f["x"] = np.zeros((1, 4, 4, 3), np.uint8)
+
+
+def test_an_error_stops_the_chunks_not_yet_started() -> None:
+    """A failure (or Ctrl-C) in one chunk is raised at once: the chunks still queued are
+    dropped, not decoded first."""
+
+    class Failing:
+        loads = 0
+
+        def load(self, record):
+            Failing.loads += 1
+            if record == 100:
+                raise KeyboardInterrupt
+            return Image.new("RGB", (4, 4))
+
+        def close(self) -> None:
+            pass
+
+    with pytest.raises(KeyboardInterrupt):
+        pixel_rows(list(range(64 * 40)), Failing(), size=2, threads=2)
+    assert Failing.loads < 64 * 6  # of 2,560: the chunks running or started just after
