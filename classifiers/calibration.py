@@ -15,10 +15,11 @@ against 11 s, or by lbfgs at ``tol=1e-8`` in 200 s) had 0.267, temperature scali
 a Dirichlet-style off-diagonal penalty 0.251 at best.
 
 A sweep already has the out-of-fold scores: the SVMs' searches keep them at the chosen C
-(``LinearHeadCV.cv_decision_``, ``RBFSVMHeadCV.cv_decision_``), and :func:`with_probabilities`
-takes them instead of fitting the head on folds again (on caltech101 that took 12-13 s; the calibrated probabilities'
-held-out log-loss was 0.247 either way). Its folds are the sweep's, which keep an image's views
-together; the folds fitted here are not grouped.
+(``LinearHeadCV.cv_decision_``, ``RBFSVMHeadCV.cv_decision_``), and
+:func:`with_probabilities` takes them instead of fitting the head on folds again (on
+caltech101 that took 12-13 s; the calibrated probabilities' held-out log-loss was 0.247 either
+way). Their folds are the sweep's, which keep an image's views together; the folds fitted here
+are not grouped.
 
 Because ``predict`` stays the head's own, the probability of the predicted class can fall
 below the largest one for the few rows next to the decision boundary; use
