@@ -348,13 +348,15 @@ class ViewAveraged:
         scores = np.asarray(getattr(self.head, method)(rows), dtype=np.float64)
         return scores.reshape(n, k, *scores.shape[1:]).mean(axis=1)
 
-    def decision_function(self, X: Any) -> np.ndarray:
-        """The head's decision values averaged over each image's views."""
-        return self._mean("decision_function", X)
-
-    def predict_proba(self, X: Any) -> np.ndarray:
-        """The head's class probabilities averaged over each image's views."""
-        return self._mean("predict_proba", X)
+    def __getattr__(self, name: str) -> Any:
+        """``decision_function`` and ``predict_proba``: the head's, averaged over each image's
+        views; each exists only where the head has it (so ``hasattr`` answers for the head, and
+        a linear SVM's average is scored by its decision values, not by probabilities it
+        lacks)."""
+        head = self.__dict__.get("head")  # absent while unpickling
+        if name in ("decision_function", "predict_proba") and _has(head, name):
+            return lambda X: self._mean(name, X)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def predict(self, X: Any) -> np.ndarray:
         """One class per image (see the class docstring for the rule)."""

@@ -189,6 +189,35 @@ def test_sweep_with_views_reports_plain_views_and_tta_rows(
         }
 
 
+def test_views_sweep_of_an_svm_scores_and_calibrates_its_averaged_rows(
+    world: dict[str, Path], tmp_path: Path
+) -> None:
+    """A head without probabilities (the linear SVM) trained on views: its test-time-averaged
+    row is scored by averaged decision values (it raised AttributeError), and when chosen it is
+    calibrated on the out-of-fold scores of its views rows, folds grouped by image."""
+    outcome = experiment.run_experiment(
+        world["src"],
+        out_dir=tmp_path / "report",
+        backbones=[BACKBONE],
+        pixels=False,
+        heads=["linear_svm"],
+        cv=2,
+        views="flip",
+        cache_dir=world["cache"],
+        **TINY,
+    )
+    by_name = {r.feature_set: r for r in outcome.results}
+    tta = by_name[tta_label(BACKBONE, "flip")]
+    data = outcome.data
+    fs = data.feature_set(tta.feature_set)
+    assert tta.cv_decision is not None and len(tta.cv_decision) == len(fs.y_train)
+    head, problem = experiment.chosen_head(tta, data, cv=2, seed=0)
+    assert problem is None
+    images = experiment.evaluated_images(tta, head, data)
+    assert images.probabilities is not None
+    np.testing.assert_allclose(images.probabilities.sum(axis=1), 1.0)
+
+
 def test_image_cv_never_puts_an_image_on_both_sides(
     world: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:

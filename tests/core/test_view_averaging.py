@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pickle
+
 import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
@@ -27,6 +29,10 @@ class Binary(Scores):
 
     def decision_function(self, X: np.ndarray) -> np.ndarray:
         return np.asarray(X, dtype=float)[:, 0]
+
+
+class Indexed(Scores):
+    classes_ = np.array([0, 1, 2])  # as the sweep's heads: class indices
 
 
 class VotesOnly:
@@ -75,3 +81,19 @@ def test_one_view_predicts_as_the_head_itself() -> None:
 def test_input_must_be_images_by_views_by_features() -> None:
     with pytest.raises(ValueError, match="images, views, features"):
         ViewAveraged(Scores()).predict(np.zeros((4, 3)))
+
+
+def test_averages_exist_only_where_the_head_has_them() -> None:
+    """A head without probabilities (a linear SVM) gives an average without them, so
+    ``evaluate`` scores its ROC by decision values (it raised AttributeError in a views
+    sweep of the SVMs)."""
+    from classifiers.metrics import evaluate
+
+    avg = ViewAveraged(Indexed())
+    assert hasattr(avg, "decision_function") and not hasattr(avg, "predict_proba")
+    assert not hasattr(ViewAveraged(VotesOnly()), "decision_function")
+    X = np.random.default_rng(0).normal(size=(30, 2, 3))
+    metrics = evaluate(avg, X, avg.predict(X), class_names=["a", "b", "c"])
+    assert metrics.summary["accuracy"] == 1.0 and 0.5 < metrics.summary["roc_auc"] <= 1.0
+    restored = pickle.loads(pickle.dumps(avg))
+    np.testing.assert_array_equal(restored.decision_function(X), avg.decision_function(X))
