@@ -4,6 +4,7 @@ loader opened closed again."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import h5py
@@ -65,8 +66,6 @@ def test_threads_give_the_rows_and_skips_of_one_thread(tmp_path: Path) -> None:
 def test_threads_open_each_file_once_and_close_them_all(tmp_path: Path, monkeypatch) -> None:
     """Several threads reaching a file no thread has opened yet open it once (a second handle
     would stay open after ``close``)."""
-    import time
-
     from featurestore.sources import arrays
 
     opened: list[str] = []
@@ -104,6 +103,7 @@ def test_an_error_stops_the_chunks_not_yet_started() -> None:
             Failing.loads += 1
             if record == 100:
                 raise KeyboardInterrupt
+            time.sleep(0.002)  # a decode: the rest would take the threads 2.6 s
             return Image.new("RGB", (4, 4))
 
         def close(self) -> None:
@@ -111,4 +111,6 @@ def test_an_error_stops_the_chunks_not_yet_started() -> None:
 
     with pytest.raises(KeyboardInterrupt):
         pixel_rows(list(range(64 * 40)), Failing(), size=2, threads=2)
-    assert Failing.loads < 64 * 6  # of 2,560: the chunks running or started just after
+    # Of 2,560: the chunks running when it failed, and any started before this thread saw it
+    # (generous, for a loaded machine).
+    assert Failing.loads < 2560 // 2
