@@ -412,7 +412,8 @@ class RBFSVMHeadCV(PredictsWithRefit, ClassifierMixin, BaseEstimator):
         while jobs > 1 and _too_big(X.shape[0], jobs + 1, available):
             jobs -= 1
         _check_kernel_memory(X.shape[0], jobs + 1, available)
-        columns = 1 if len(np.unique(y)) == 2 else len(np.unique(y))
+        n_classes = len(np.unique(y))
+        columns = 1 if n_classes == 2 else n_classes
         keep = X.shape[0] * columns * len(Cs) <= MAX_HELD_OUT_SCORES
         held_out, training = _search(X, y, folds, Cs, settings, weights, jobs, keep)
         table = np.array(

@@ -52,16 +52,14 @@ def pixel_rows(
         return [one(i) for i in range(start, min(start + _CHUNK, len(records)))]
 
     workers = max(1, min(threads or cores(), -(-len(records) // _CHUNK)))
+    starts = range(0, len(records), _CHUNK)
     try:
-        # The first image here, alone: the loader sets up its state (an open HDF5 file) once.
-        outcomes = [one(0)] if records else []
-        starts = range(1, len(records), _CHUNK)
         if workers == 1:
-            outcomes += [o for start in starts for o in chunk(start)]
+            outcomes = [o for start in starts for o in chunk(start)]
         else:
             # A chunk's error (or Ctrl-C) ends map at once: the chunks not started are dropped.
             with ThreadPoolExecutor(workers, thread_name_prefix="featurestore-pixels") as pool:
-                outcomes += [o for part in pool.map(chunk, starts) for o in part]
+                outcomes = [o for part in pool.map(chunk, starts) for o in part]
     finally:
         loader.close()
     return rows, ok, [s for s in outcomes if s is not None]

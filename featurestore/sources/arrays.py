@@ -539,11 +539,7 @@ class ArrayLoader:
     def _format(self, file: str, name: str, dataset: Any) -> ArrayFormat:
         fmt = self._formats.get((file, name))
         if fmt is None:
-            with self._lock:
-                fmt = self._formats.get((file, name))
-                if fmt is None:
-                    fmt = dataset_format(Path(file), name, dataset)
-                    self._formats[(file, name)] = fmt
+            fmt = self._formats[(file, name)] = dataset_format(Path(file), name, dataset)
         return fmt
 
     def close(self) -> None:

@@ -68,5 +68,6 @@ class ImageLoader:
             factory = _LOADERS.get(kind)
             if factory is None:
                 raise DecodeError(f"unknown record kind {kind!r}")
-            loader = self._loaders[kind] = factory()
+            # setdefault: threads loading side by side (the pixel baseline) share one loader
+            loader = self._loaders.setdefault(kind, factory())
         return loader.load(record.ref, draft_size=draft_size)

@@ -133,21 +133,26 @@ def test_views_refused_without_grouped_cv_before_any_extraction(
 
 
 @needs_groups
-def test_sweep_with_views_reports_plain_views_and_tta_rows(
-    world: dict[str, Path], tmp_path: Path
-) -> None:
-    out = tmp_path / "report"
-    outcome = experiment.run_experiment(
+def _flip_sweep(world: dict[str, Path], out: Path, head: str) -> experiment.ExperimentResult:
+    """The tiny world swept with ``head`` on the backbone's rows and their flip views."""
+    return experiment.run_experiment(
         world["src"],
         out_dir=out,
         backbones=[BACKBONE],
         pixels=False,
-        heads=["logreg"],
+        heads=[head],
         cv=2,
         views="flip",
         cache_dir=world["cache"],
         **TINY,
     )
+
+
+def test_sweep_with_views_reports_plain_views_and_tta_rows(
+    world: dict[str, Path], tmp_path: Path
+) -> None:
+    out = tmp_path / "report"
+    outcome = _flip_sweep(world, out, "logreg")
     data = outcome.data
     by_name = {r.feature_set: r for r in outcome.results}
     plain, views, tta = (
@@ -195,17 +200,7 @@ def test_views_sweep_of_an_svm_scores_and_calibrates_its_averaged_rows(
     """A head without probabilities (the linear SVM) trained on views: its test-time-averaged
     row is scored by averaged decision values (it raised AttributeError), and when chosen it is
     calibrated on the out-of-fold scores of its views rows, folds grouped by image."""
-    outcome = experiment.run_experiment(
-        world["src"],
-        out_dir=tmp_path / "report",
-        backbones=[BACKBONE],
-        pixels=False,
-        heads=["linear_svm"],
-        cv=2,
-        views="flip",
-        cache_dir=world["cache"],
-        **TINY,
-    )
+    outcome = _flip_sweep(world, tmp_path / "report", "linear_svm")
     by_name = {r.feature_set: r for r in outcome.results}
     tta = by_name[tta_label(BACKBONE, "flip")]
     data = outcome.data
