@@ -101,6 +101,9 @@ class HeadSpec:
         cost: ``cost(rows, columns, classes)``, the rough seconds of a fit with its search
             on one core: a sweep that fits side by side starts the longest fits first
             (:mod:`classifiers.pool`). Only the order depends on it.
+        uses_torch: ``uses_torch(rows, columns, classes)``, whether a fit may import torch: a
+            sweep fitting side by side imports it (seconds) before forking its workers only
+            if some fit does (:mod:`classifiers.pool`). Only that depends on it.
     """
 
     name: str
@@ -114,6 +117,7 @@ class HeadSpec:
     adapt: Adapter | None = None
     limits: dict[str, tuple[Any, Any]] = field(default_factory=dict)
     cost: Callable[[int, int, int], float] = lambda rows, width, classes: 1e-6 * rows * width
+    uses_torch: Callable[[int, int, int], bool] = lambda rows, width, classes: True
 
 
 def _scaled(clf: BaseEstimator) -> Pipeline:
@@ -292,6 +296,8 @@ _SPECS = (
         class_weight="param",
         regularization="clf__C",
         cost=_rbf_svm_cost,
+        # numpy and scikit-learn; the Nystroem approximation's batched linear SVM uses torch.
+        uses_torch=lambda rows, width, classes: rows > MAX_EXACT_ROWS,
     ),
     HeadSpec(
         name="gaussian_nb",
@@ -307,6 +313,7 @@ _SPECS = (
         class_weight="sample_weight",
         regularization="clf__var_smoothing",
         cost=_gaussian_nb_cost,
+        uses_torch=lambda rows, width, classes: False,  # numpy only
     ),
     HeadSpec(
         name="logreg",

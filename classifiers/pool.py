@@ -8,8 +8,9 @@ order (the longest first), and reports each as it starts and ends.
 Workers are forked from the calling process where the platform forks (Linux), so they share
 its rows copy-on-write: nothing is pickled on the way in, only each task's result on the way
 back; torch is imported once before they are forked (:func:`classifiers.linear.load_torch`),
-and they share it. Each worker runs on one core (:func:`classifiers.linear.use_cores`: torch's
-threads, the BLAS and OpenMP pools, and the eigen- and QR decompositions alike). That is the
+and they share it, unless no task uses it (``uses_torch``). Each worker runs on one core
+(:func:`classifiers.linear.use_cores`: torch's threads, the BLAS and OpenMP pools, and the
+eigen- and QR decompositions alike). That is the
 fastest use of the cores for these small problems, and it is also what makes forking safe: a
 process forked after an OpenMP pool has run (a forward pass, a previous fit) hangs if it starts
 OpenMP threads again (GNU libgomp). The decompositions run on one thread in the calling process
@@ -194,6 +195,7 @@ def run_tasks(
     tasks: Sequence[Callable[[], Any]],
     workers: int,
     *,
+    uses_torch: Sequence[bool] | None = None,
     on_start: Callable[[int], None] | None = None,
     on_done: Callable[[int, Any], None] | None = None,
     on_wait: Callable[[list[int]], None] | None = None,
@@ -201,6 +203,10 @@ def run_tasks(
 ) -> list[Any]:
     """Run every task (a function of no arguments) on ``workers`` forked processes, in order of
     start; return their results in the tasks' order.
+
+    ``uses_torch[i]`` says whether task ``i`` may import torch (``None``: every task may):
+    torch is imported here before the workers are forked, so that they share it, unless no
+    task uses it. A task said not to use torch that does import it only takes longer.
 
     A task that raises gives a :class:`TaskFailed` (holding the worker's traceback) as its
     result, one whose worker died a :class:`WorkerDied`; the others are not affected.
@@ -210,10 +216,13 @@ def run_tasks(
     the tasks run here, one after another, with the same calls.
     """
     global _TASKS
+    if uses_torch is not None and len(uses_torch) != len(tasks):
+        raise ValueError(f"uses_torch has {len(uses_torch)} entries for {len(tasks)} tasks")
     if workers <= 1 or len(tasks) <= 1 or not can_fork():
         return _run_here(tasks, on_start, on_done, on_wait, wait_every)
     results: list[Any] = [None] * len(tasks)
-    load_torch()  # once, before forking: the workers share it
+    if uses_torch is None or any(uses_torch):
+        load_torch()  # once, before forking: the workers share it
     _TASKS = tasks
     context = multiprocessing.get_context("fork")
     pending = iter(range(len(tasks)))

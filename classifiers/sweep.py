@@ -41,6 +41,7 @@ __all__ = [
     "plan_pairs",
     "rank_key",
     "run_sweep",
+    "uses_torch",
 ]
 
 logger = logging.getLogger(__name__)
@@ -488,7 +489,13 @@ def _sweep(
         if settings.progress is not None:
             settings.progress(_done_line(labels[order[k]], outcome))
 
-    run_tasks([task(i) for i in order], processes, on_start=started, on_done=done)
+    run_tasks(
+        [task(i) for i in order],
+        processes,
+        uses_torch=[uses_torch(*cells[i]) for i in order],
+        on_start=started,
+        on_done=done,
+    )
     ordered = [outcomes[i] for i in range(len(cells))]
     results = [o for o in ordered if isinstance(o, SweepResult)]
     return results, [o for o in ordered if isinstance(o, HeadFailure)]
@@ -509,6 +516,12 @@ def plan_pairs(
     if processes > 1:
         order.sort(key=lambda i: -expected_seconds(*cells[i]))
     return processes, order
+
+
+def uses_torch(fs: FeatureSet, spec: HeadSpec) -> bool:
+    """Whether ``spec``'s search on ``fs`` may import torch (``HeadSpec.uses_torch``): a sweep
+    fitting side by side imports it before forking only if some pair does."""
+    return bool(spec.uses_torch(fs.X_train.shape[0], fs.X_train.shape[1], len(fs.class_names)))
 
 
 def expected_seconds(fs: FeatureSet, spec: HeadSpec) -> float:

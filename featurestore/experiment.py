@@ -45,7 +45,7 @@ from classifiers.heads import get_head, list_heads
 from classifiers.linear import scorer
 from classifiers.metrics import evaluate
 from classifiers.pool import describe, run_tasks
-from classifiers.sweep import FeatureSet, SweepResult, plan_pairs, run_sweep
+from classifiers.sweep import FeatureSet, SweepResult, plan_pairs, run_sweep, uses_torch
 from featurestore.errors import HeadError, OptionError
 from featurestore.extractor import ExtractorRecord
 from featurestore.featuresets import SweepData, build_sweep_data, plan_split
@@ -219,6 +219,7 @@ def fit_heads(
         run_tasks(
             [task(i) for i in order],
             workers,
+            uses_torch=[uses_torch(fs, get_head(head)) for fs, head in (cells[i] for i in order)],
             on_start=lambda k: lines.start(order[k]),
             on_done=lambda k, outcome: lines.done(order[k], outcome),
             on_wait=(lambda ks: lines.waiting([order[k] for k in ks])) if progress else None,

@@ -3,12 +3,15 @@
 ``problem(...)`` builds (and caches) one problem; ``three_class``/``two_class`` are its
 stratified 75/25 train/test split; ``make_feature_set(...)`` wraps a problem as a
 :class:`classifiers.sweep.FeatureSet` (every 4th row held out); ``good`` is the well-separated
-3-class feature set most sweep tests use.
+3-class feature set most sweep tests use; ``fresh_python(code)`` runs code in a new interpreter
+(what it imports is its own).
 """
 
 from __future__ import annotations
 
 import functools
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -117,3 +120,18 @@ def replace(fs: FeatureSet, **changes: Any) -> FeatureSet:
 def replace_fs() -> Callable[..., FeatureSet]:
     """``replace_fs(fs, **changes)``: a copy of a FeatureSet with some fields changed."""
     return replace
+
+
+@pytest.fixture(scope="session")
+def fresh_python() -> Callable[[str], str]:
+    """``fresh_python(code)``: run ``code`` in a new Python process at the checkout's root;
+    its stdout (the test fails, showing stderr, if it exits non-zero)."""
+
+    def run(code: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=False
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    return run

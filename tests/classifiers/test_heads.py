@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -120,7 +118,7 @@ def test_get_head_returns_the_spec_and_rejects_unknown_names() -> None:
         assert name in str(info.value)
 
 
-def test_classifiers_never_import_torch_or_featurestore() -> None:
+def test_classifiers_never_import_torch_or_featurestore(fresh_python) -> None:
     code = (
         "import sys, pkgutil, importlib, classifiers; "
         "[importlib.import_module(m.name) for m in pkgutil.walk_packages("
@@ -128,11 +126,32 @@ def test_classifiers_never_import_torch_or_featurestore() -> None:
         "bad = [m for m in ('torch', 'featurestore') if m in sys.modules]; "
         "assert not bad, bad; print(classifiers.__file__)"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=False
+    assert str(ROOT / "classifiers") in fresh_python(code)
+
+
+def test_heads_said_not_to_use_torch_fit_and_predict_without_importing_it(fresh_python) -> None:
+    code = (
+        "import sys, numpy as np\n"
+        "from classifiers.heads import list_heads\n"
+        "from classifiers.sweep import FeatureSet, run_sweep\n"
+        "rng = np.random.default_rng(0)\n"
+        "X = rng.normal(size=(240, 20)).astype(np.float32); y = np.arange(240) % 3\n"
+        "fs = FeatureSet('f', X[:180], y[:180], X[180:], y[180:], ['a', 'b', 'c'])\n"
+        "free = [s.name for s in list_heads() if not s.uses_torch(180, 20, 3)]\n"
+        "results = run_sweep([fs], heads=free, workers=1)\n"
+        "assert not results.failures and 'torch' not in sys.modules, free\n"
+        "print(','.join(sorted(free)))"
     )
-    assert done.returncode == 0, done.stderr
-    assert str(ROOT / "classifiers") in done.stdout
+    assert fresh_python(code).split() == ["gaussian_nb,rbf_svm"]
+
+
+def test_the_rbf_svm_uses_torch_only_through_its_approximation() -> None:
+    from classifiers.nystroem import MAX_EXACT_ROWS
+
+    spec = get_head("rbf_svm")
+    assert not spec.uses_torch(MAX_EXACT_ROWS, 64, 10)
+    assert spec.uses_torch(MAX_EXACT_ROWS + 1, 64, 10)
+    assert all(get_head(name).uses_torch(100, 8, 2) for name in ("linear_svm", "logreg", "mlp"))
 
 
 def test_linear_svm_picks_its_solver_by_shape_and_keeps_its_params() -> None:

@@ -4,8 +4,6 @@ their own CV search, determinism, and predicting without torch."""
 from __future__ import annotations
 
 import pickle
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,8 +20,6 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from classifiers import linear
 from classifiers.linear import DEFAULT_CS, SMALL_WORK, LinearHead, LinearHeadCV
-
-ROOT = Path(__file__).resolve().parents[2]
 
 #: Checks these estimators fail, and why (the check compares at rtol 1e-7):
 #: - sample-weight equivalence: the solver runs in float32 to ``tol``, so weight 2 and a
@@ -288,7 +284,7 @@ def test_cuda_device_without_cuda_is_a_clear_error(three_class) -> None:
         LinearHead(device="cuda").fit(X, y)
 
 
-def test_a_fitted_head_predicts_without_torch(three_class, tmp_path: Path) -> None:
+def test_a_fitted_head_predicts_without_torch(three_class, tmp_path: Path, fresh_python) -> None:
     X_train, X_test, y_train, _ = three_class
     head = LinearHeadCV("log_loss", Cs=[1e-2, 1.0], cv=3).fit(X_train, y_train)
     (tmp_path / "head.pkl").write_bytes(pickle.dumps(head))
@@ -306,10 +302,7 @@ def test_a_fitted_head_predicts_without_torch(three_class, tmp_path: Path) -> No
         "np.testing.assert_array_equal(p, np.load(d + '/expected.npy'))\n"
         "assert 'torch' not in sys.modules; print('ok')\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=False
-    )
-    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+    assert fresh_python(code).strip() == "ok"
 
 
 def test_default_threads_are_the_cores_free_now(tmp_path, monkeypatch) -> None:

@@ -246,3 +246,35 @@ def test_no_workers_from_a_daemonic_process(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setattr(multiprocessing, "current_process", lambda: SimpleNamespace(daemon=True))
     assert not pool.can_fork()
     assert run_tasks([os.getpid, os.getpid], 2) == [os.getpid()] * 2
+
+
+_TORCH_SCRIPT = """
+import json, sys
+from classifiers.pool import run_tasks
+def task():
+    return "torch" in sys.modules
+seen = run_tasks([task, task, task], 2, uses_torch={flags})
+print(json.dumps({{"tasks": seen, "here": "torch" in sys.modules}}))
+"""
+
+
+@needs_fork
+@pytest.mark.parametrize(
+    ("flags", "loaded"), [([False, False, False], False), ([False, True, False], True)]
+)
+def test_torch_is_imported_before_forking_only_when_a_task_uses_it(
+    flags: list[bool], loaded: bool
+) -> None:
+    import json
+    import subprocess
+    import sys
+
+    script = _TORCH_SCRIPT.format(flags=flags)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    seen = json.loads(out.stdout.strip().splitlines()[-1])
+    assert seen == {"tasks": [loaded] * 3, "here": loaded}
+
+
+def test_uses_torch_must_give_one_flag_per_task() -> None:
+    with pytest.raises(ValueError, match="2 entries for 3 tasks"):
+        run_tasks([os.getpid] * 3, 2, uses_torch=[True, False])
