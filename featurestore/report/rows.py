@@ -24,6 +24,7 @@ __all__ = [
     "accuracy_interval",
     "grid_edge_notes",
     "json_safe",
+    "one_answer_warning",
     "params_text",
     "result_row",
     "row_notes",
@@ -151,10 +152,32 @@ def row_notes(result: Any) -> list[str]:
     return [str(n) for n in given] if given is not None else grid_edge_notes(result)
 
 
+def one_answer_warning(summary: dict[str, Any], scoring: str) -> str | None:
+    """A warning when the row gave every held-out image the same class while the held-out
+    split has several: it tells the classes apart no better than a constant. Scored on
+    accuracy, a constant earns the largest class's share of the training split, so the hint
+    names the scoring that gives it chance."""
+    matrix = np.asarray(summary["confusion_matrix"])
+    if matrix.ndim != 2 or np.count_nonzero(matrix.sum(axis=1)) < 2:
+        return None
+    predicted = np.flatnonzero(matrix.sum(axis=0))
+    if len(predicted) != 1:
+        return None
+    name = summary["class_names"][predicted[0]]
+    text = f"predicts one class, '{name}', for all {int(matrix.sum())} held-out images"
+    if scoring == "accuracy":
+        text += (
+            ": on accuracy a constant answer scores the largest class's share; "
+            "`--scoring balanced_accuracy` scores it at chance"
+        )
+    return text
+
+
 def result_row(rank: int, result: Any, *, chosen: bool, scoring: str) -> dict[str, Any]:
     """The JSON-safe row of one result (``rank`` by the selection rule)."""
     summary = result.evaluation.summary
     interval = accuracy_interval(result)
+    one_answer = one_answer_warning(summary, scoring_of(result, scoring))
     return {
         "rank": rank,
         "chosen": chosen,
@@ -182,7 +205,7 @@ def result_row(rank: int, result: Any, *, chosen: bool, scoring: str) -> dict[st
         "per_class": summary["per_class"],
         "confusion_matrix": summary["confusion_matrix"],
         "notes": row_notes(result),
-        "warnings": list(result.warnings),
+        "warnings": list(result.warnings) + ([one_answer] if one_answer else []),
     }
 
 

@@ -28,6 +28,7 @@ from featurestore.report.rows import (
     FailedHead,
     accuracy_interval,
     grid_edge_notes,
+    one_answer_warning,
     row_notes,
     wilson_interval,
 )
@@ -285,6 +286,36 @@ def test_grid_edge_notes_unless_the_sweep_wrote_its_own() -> None:
     own = _fake(0.9, 0.8, "x", notes=("chosen C on the grid edge (adapted grid)",))
     own.head, own.best_params = "logreg", {"clf__C": 1e-3}
     assert row_notes(own) == ["chosen C on the grid edge (adapted grid)"]
+
+
+def _summary(matrix: list[list[int]]) -> dict:
+    return {"confusion_matrix": matrix, "class_names": ["cat", "non-cat"]}
+
+
+def test_a_row_giving_every_held_out_image_one_class_is_warned() -> None:
+    constant = _summary([[0, 33], [0, 17]])  # catvnoncat's pixels16 linear SVM
+    found = one_answer_warning(constant, "accuracy")
+    assert found is not None
+    assert "'non-cat', for all 50 held-out images" in found and "balanced_accuracy" in found
+    assert "balanced_accuracy" not in one_answer_warning(constant, "balanced_accuracy")
+    assert one_answer_warning(_summary([[30, 3], [2, 15]]), "accuracy") is None
+    assert one_answer_warning(_summary([[0, 0], [0, 17]]), "accuracy") is None  # one class held out
+
+
+def test_the_report_lists_a_constant_row_under_its_caveats(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(200, 10)).astype(np.float32)  # noise: nothing to learn
+    y = (np.arange(200) % 4 == 0).astype(int)  # a quarter 'rare'
+    test = np.arange(200) % 5 == 0
+    noise = FeatureSet("noise", X[~test], y[~test], X[test], y[test], ["common", "rare"])
+    results = run_sweep([noise], heads=["logreg"], cv=3)
+    assert np.count_nonzero(np.sum(results[0].evaluation.summary["confusion_matrix"], 0)) == 1
+    paths = write_report(results, tmp_path / "report", title="noise", provenance={})
+    text = paths["markdown"].read_text()
+    caveats = text[text.index("## Caveats") :]
+    assert "noise / logreg: predicts one class, 'common', for all 40 held-out images" in caveats
+    row = json.loads(paths["json"].read_text())["rows"][0]
+    assert any("predicts one class" in w for w in row["warnings"])
 
 
 # ----------------------------------------------------------------------------- notes
