@@ -297,10 +297,22 @@ def feature_set_specs(
     specs = [FeatureSetSpec((options(b),)) for b in backbones]
     for combo in combos:
         items = split_backbones(combo) if isinstance(combo, str) else list(combo)
-        specs.append(FeatureSetSpec(tuple(options(i) for i in items)))
+        specs.append(FeatureSetSpec(_distinct(tuple(options(i) for i in items))))
     if pixels:
         specs.append(FeatureSetSpec(pixels=pixel_size))
     return list(dict.fromkeys(specs))
+
+
+def _distinct(parts: tuple[ExtractorOptions, ...]) -> tuple[ExtractorOptions, ...]:
+    """A combination's parts, refused when one repeats (same backbone, same options)."""
+    repeated = [o.backbone for n, o in enumerate(parts) if o in parts[:n]]
+    if repeated:
+        raise OptionError(
+            f"combination {'+'.join(o.backbone for o in parts)!r} repeats "
+            f"{', '.join(repeated)} with the same options: its columns would be those features "
+            "twice"
+        )
+    return parts
 
 
 def _option_values(o: ExtractorOptions) -> dict[str, str]:

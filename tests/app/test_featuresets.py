@@ -103,6 +103,18 @@ def test_variants_of_one_backbone_are_named_by_the_options_that_differ() -> None
     assert feature_set_labels(plain) == ["resnet18", "resnet18+alexnet"]
 
 
+def test_a_combination_of_the_same_features_twice_is_refused() -> None:
+    with pytest.raises(OptionError, match="'resnet18\\+alexnet\\+resnet18' repeats resnet18"):
+        feature_set_specs([], ["resnet18+alexnet+resnet18"])
+    lite, bf16 = (
+        ExtractorOptions.make("efficientnet_lite0", precision=p) for p in ("fp32", "bf16")
+    )
+    with pytest.raises(OptionError, match="repeats efficientnet_lite0 with the same options"):
+        feature_set_specs([], [[lite, lite]])
+    variants = feature_set_specs([], [[lite, bf16]], pixels=False)  # two variants: two parts
+    assert [len(spec.parts) for spec in variants] == [2]
+
+
 def test_a_sweep_over_two_variants_keeps_both(tmp_path: Path, make_images) -> None:
     make_images(tmp_path / "imgs" / "train", n=6, seed=1)
     make_images(tmp_path / "imgs" / "val", n=4, seed=2)
