@@ -38,6 +38,7 @@ __all__ = [
     "SweepResult",
     "SweepResults",
     "expected_seconds",
+    "plan_cv",
     "plan_pairs",
     "rank_key",
     "run_sweep",
@@ -292,6 +293,33 @@ def _check_args(cv: Any, blas_threads: Any, scoring: Any, class_weight: Any, n_j
         raise ValueError(f"n_jobs must be None or a non-zero integer, got {n_jobs!r}")
 
 
+def plan_cv(
+    feature_sets: Sequence[FeatureSet],
+    *,
+    cv: int,
+    groups: Sequence[Hashable] | None = None,
+    random_state: int = 0,
+) -> dict[str, FoldPlan]:
+    """The CV folds of each feature set's training split, by name, as :func:`run_sweep` plans
+    them before fitting (``groups`` as it takes them).
+
+    Raises:
+        ValueError: A split that cannot be cross-validated (fewer than 2 classes, a class with
+            fewer than 2 rows or groups), or ``groups`` of the wrong length.
+    """
+    return {
+        fs.name: plan_folds(
+            fs.X_train,
+            np.asarray(fs.y_train),
+            cv=cv,
+            class_names=list(fs.class_names),
+            groups=_groups_for(fs, groups),
+            random_state=random_state,
+        )
+        for fs in feature_sets
+    }
+
+
 def _groups_for(fs: FeatureSet, groups: Sequence[Hashable] | None) -> np.ndarray | None:
     if groups is None:
         return fs.groups_train
@@ -396,17 +424,7 @@ def run_sweep(
     specs = list_heads() if heads is None else [get_head(name) for name in heads]
     if not specs:
         raise ValueError("heads is empty; pass None for every head or at least one name")
-    plans = {
-        fs.name: plan_folds(
-            fs.X_train,
-            np.asarray(fs.y_train),
-            cv=cv,
-            class_names=list(fs.class_names),
-            groups=_groups_for(fs, groups),
-            random_state=random_state,
-        )
-        for fs in feature_sets
-    }
+    plans = plan_cv(feature_sets, cv=cv, groups=groups, random_state=random_state)
     data_notes = {
         fs.name: _data_notes(fs, plans[fs.name], scoring, class_weight) for fs in feature_sets
     }

@@ -45,7 +45,14 @@ from classifiers.heads import get_head, list_heads
 from classifiers.linear import scorer
 from classifiers.metrics import evaluate
 from classifiers.pool import describe, run_tasks
-from classifiers.sweep import FeatureSet, SweepResult, plan_pairs, run_sweep, uses_torch
+from classifiers.sweep import (
+    FeatureSet,
+    SweepResult,
+    plan_cv,
+    plan_pairs,
+    run_sweep,
+    uses_torch,
+)
 from featurestore.errors import HeadError, OptionError
 from featurestore.extractor import ExtractorRecord
 from featurestore.featuresets import SweepData, build_sweep_data, plan_split
@@ -205,6 +212,7 @@ def fit_heads(
     grouped = _takes_groups()
     if data.views and not grouped:
         raise HeadError(VIEWS_NEED_GROUPS)
+    _check_folds(data, cv, seed, grouped)
     cells = [(fs, head) for fs in data.feature_sets for head in heads]
     workers, order = plan_pairs(data.feature_sets, [get_head(h) for h in heads], jobs)
     lines = _FitLines(cells, progress, cv, use_grid, keywords.get("scoring", "accuracy"))
@@ -234,6 +242,17 @@ def fit_heads(
         else:
             results.append(result)
     return results, failures
+
+
+def _check_folds(data: SweepData, cv: int, seed: int, grouped: bool) -> None:
+    """Raise :class:`HeadError` before any fit when a feature set's training split cannot be
+    cross-validated (a class with one image): every pair would fail the same way."""
+    for fs in data.feature_sets:
+        groups = data.train_groups(fs.name) if grouped else None
+        try:
+            plan_cv([fs], cv=cv, groups=groups, random_state=seed)
+        except ValueError as exc:
+            raise HeadError(str(exc)) from None
 
 
 class _FitLines:
@@ -650,7 +669,9 @@ def run_experiment(
         SourceError: a source that cannot be swept as asked (before any extraction).
         OutputError: ``out_dir`` cannot hold a report (before any extraction), or writing it
             failed (then a previous report there is unchanged).
-        HeadError: every fit failed (after writing the report that lists their errors).
+        HeadError: a training split that cannot be cross-validated, such as a class with one
+            image (after extraction, before any fit); every fit failed (after writing the
+            report that lists their errors).
     """
     settings = SweepSettings.make(
         heads=heads,

@@ -256,6 +256,18 @@ def test_one_heads_failure_loses_nothing(
     assert "singular matrix" in (tmp_path / "all" / "leaderboard.md").read_text()
 
 
+def test_a_class_with_one_training_image_stops_the_sweep_before_any_fit(tmp_path: Path) -> None:
+    y, yt = np.array([0, 1] * 10 + [2]), np.array([0, 1, 2] * 3)  # class 'c': one training image
+    data = crafted({"f": (_blobs(21, y, 3.0, 1), y, _blobs(9, yt, 3.0, 2), yt)}, ["a", "b", "c"])
+    lines: list[str] = []
+    with pytest.raises(HeadError, match="class 'c' has 1 training item"):
+        sweep_and_report(
+            data, tmp_path / "r", settings=_settings(), source="x", progress=lines.append
+        )
+    assert not any("fitting" in line for line in lines)  # one error, not one per pair
+    assert not (tmp_path / "r").exists()
+
+
 def test_a_feature_sets_data_notes_are_logged_once_not_once_per_head(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
