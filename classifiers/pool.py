@@ -10,11 +10,11 @@ its rows copy-on-write: nothing is pickled on the way in, only each task's resul
 back; torch is imported once before they are forked (:func:`classifiers.linear.load_torch`),
 and they share it, unless no task uses it (``uses_torch``). Each worker runs on one core
 (:func:`classifiers.linear.use_cores`: torch's threads, the BLAS and OpenMP pools, and the
-eigen- and QR decompositions alike). That is the
-fastest use of the cores for these small problems, and it is also what makes forking safe: a
-process forked after an OpenMP pool has run (a forward pass, a previous fit) hangs if it starts
-OpenMP threads again (GNU libgomp). The decompositions run on one thread in the calling process
-too (:mod:`classifiers.linear`), so a fit gives the same numbers in a worker as outside one.
+eigen- and QR decompositions alike). That is the fastest use of the cores for these small
+problems, and it is also what makes forking safe: a process forked after an OpenMP pool has
+run (a forward pass, a previous fit) hangs if it starts OpenMP threads again (GNU libgomp).
+The decompositions run on one thread in the calling process too (:mod:`classifiers.linear`),
+so a fit gives the same numbers in a worker as outside one.
 
 A worker that dies (killed for memory, a crash in native code) costs only the task it was
 running: that task's result is a :class:`WorkerDied`, a new worker takes its place, and the
