@@ -124,11 +124,13 @@ def previous_heads() -> dict[str, tuple[Pipeline, dict[str, list]]]:
 LATENT, SPREAD, COLUMN_NOISE, FLIPPED = 64, 0.4, 0.5, 0.05
 
 
-def hard(n: int, d: int, k: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Hard synthetic rows: overlapping class centres (spread 0.4 against unit noise) in 64
+def hard(
+    n: int, d: int, k: int, seed: int = 0, spread: float = SPREAD
+) -> tuple[np.ndarray, np.ndarray]:
+    """Hard synthetic rows: overlapping class centres (``spread`` 0.4 against unit noise) in 64
     latent dimensions, a random map to ``d`` columns plus noise, ReLU, 5% labels flipped."""
     rng = np.random.default_rng(seed)
-    centres = rng.normal(size=(k, LATENT)) * SPREAD
+    centres = rng.normal(size=(k, LATENT)) * spread
     y = np.arange(n) % k
     rng.shuffle(y)
     z = centres[y] + rng.normal(size=(n, LATENT))
@@ -139,8 +141,8 @@ def hard(n: int, d: int, k: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]
     return X, y
 
 
-def synthetic_set(n: int, d: int, k: int) -> FeatureSet:
-    X, y = hard(n, d, k)
+def synthetic_set(n: int, d: int, k: int, spread: float = SPREAD) -> FeatureSet:
+    X, y = hard(n, d, k, spread=spread)
     tr, te = train_test_split(np.arange(n), test_size=0.2, stratify=y, random_state=0)
     return FeatureSet(
         name=f"hard{n}x{d}k{k}",

@@ -9,7 +9,12 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import log_loss
 from sklearn.model_selection import train_test_split
 
-from classifiers.calibration import ScoreCalibrated, needs_calibration, with_probabilities
+from classifiers.calibration import (
+    ScoreCalibrated,
+    TemperatureScaling,
+    needs_calibration,
+    with_probabilities,
+)
 from classifiers.heads import get_head
 from featurestore.headfile import load_head, save_head
 
@@ -91,3 +96,45 @@ def test_scores_from_the_search_are_used_instead_of_fitting_the_folds_again(monk
     np.testing.assert_array_equal(calibrated.calibrator_.coef_, expected.coef_)
     with pytest.raises(ValueError, match="rows of scores"):
         with_probabilities(searched, X_tr, y_tr, scores=scores[:-1])
+
+
+def test_temperature_scaling_recovers_the_scale_the_labels_were_drawn_with() -> None:
+    rng = np.random.default_rng(0)
+    S = rng.normal(size=(4000, 20))
+    P = np.exp(2.5 * S) / np.exp(2.5 * S).sum(axis=1, keepdims=True)
+    names = np.array([f"c{i:02d}" for i in range(20)])  # labels, not column numbers
+    y = names[[rng.choice(20, p=p) for p in P]]
+    fitted = TemperatureScaling().fit(S, y)
+    assert fitted.scale_ == pytest.approx(2.5, rel=0.1)
+    proba = fitted.predict_proba(S)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0)
+    assert log_loss(y, proba, labels=fitted.classes_) < log_loss(y, np.full_like(P, 1 / 20))
+    np.testing.assert_array_equal(fitted.predict(S), names[S.argmax(axis=1)])
+    with pytest.raises(ValueError, match="scores of shape"):
+        TemperatureScaling().fit(S[:, :5], y)
+
+
+def test_many_classes_of_scores_get_temperature_scaling_and_the_head_keeps_its_answers(
+    monkeypatch, tmp_path
+) -> None:
+    """Past the work budget (rows x classes^2) the calibrator is one temperature: the
+    regression's weight per pair of classes grows with the classes squared."""
+    X_tr, X_te, y_tr, _ = _data(3)
+    searched = get_head("linear_svm").build().fit(X_tr, y_tr)
+    scores = searched[-1].cv_decision_
+    below = with_probabilities(searched, X_tr, y_tr, scores=scores)
+    assert isinstance(below.calibrator_, LogisticRegression)  # 280 x 3^2 is within it
+    monkeypatch.setattr("classifiers.calibration.MATRIX_SCALING_MAX_WORK", len(y_tr) * 9 - 1)
+    past = with_probabilities(searched, X_tr, y_tr, scores=scores)
+    assert isinstance(past.calibrator_, TemperatureScaling) and past.calibrator_.scale_ > 0
+    np.testing.assert_array_equal(past.predict(X_te), searched.predict(X_te))
+    proba = past.predict_proba(X_te)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0)
+    np.testing.assert_array_equal(proba.argmax(axis=1), searched.decision_function(X_te).argmax(1))
+    path = save_head(past, tmp_path / "head.joblib", metadata={"class_names": ["a"]})
+    np.testing.assert_array_equal(load_head(path)[0].predict_proba(X_te), proba)
+    X2, _, y2, _ = _data(2)  # two classes: one score column, always the logistic regression
+    binary = get_head("linear_svm").build().fit(X2, y2)
+    monkeypatch.setattr("classifiers.calibration.MATRIX_SCALING_MAX_WORK", 0)
+    two = with_probabilities(binary, X2, y2, scores=binary[-1].cv_decision_)
+    assert isinstance(two.calibrator_, LogisticRegression)
