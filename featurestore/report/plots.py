@@ -28,6 +28,7 @@ from featurestore.report.notes import Anchor
 from featurestore.report.rows import scoring_label
 
 __all__ = [
+    "CONFUSION_NAMED_MAX",
     "RocCurves",
     "axis_ranges",
     "confusion_figure",
@@ -44,6 +45,11 @@ ROC_NAMED = 10
 ROC_WORST = 5
 #: Confusion matrices with at most this many classes show the count in every cell.
 ANNOTATE_MAX = 30
+#: Confusion matrices with at most this many classes name every class (at 200: a figure about
+#: 3,700 px square); beyond, the matrix is drawn in that size with its classes unnamed, since
+#: a figure growing with the classes would take minutes and gigabytes (1,000 classes: 17,000
+#: px square, 45 s to draw).
+CONFUSION_NAMED_MAX = 200
 
 
 def save_png(fig: Figure, path: Path) -> Path:
@@ -289,8 +295,11 @@ def roc_figure(result: Any) -> tuple[Figure, RocCurves]:
 
 # ----------------------------------------------------------------------------- confusion
 def _confusion_layout(names: Sequence[str]) -> tuple[float, float, float]:
-    """(cell side in inches, tick font size in points, label length in inches)."""
+    """(cell side in inches, tick font size in points, label length in inches); past
+    :data:`CONFUSION_NAMED_MAX` classes the cells share the side of that many, unnamed."""
     n = len(names)
+    if n > CONFUSION_NAMED_MAX:
+        return 0.17 * CONFUSION_NAMED_MAX / n, 6.0, 0.0
     cell = max(0.17, min(0.55, 9.0 / max(n, 1)))
     font = max(6.0, min(10.0, cell * 72 * 0.5))
     label = max(len(str(s)) for s in names) * font * 0.62 / 72
@@ -303,7 +312,9 @@ def confusion_figure(result: Any) -> Figure:
     Colour is the share of each true class (row-normalised, so small classes show), on a
     square-root scale so that single mistakes stay visible; counts are written in the cells
     up to :data:`ANNOTATE_MAX` classes. The figure grows with the number of classes so that
-    tick labels never overlap (at 101 classes: 17 px per class, 6 pt labels).
+    tick labels never overlap (at 101 classes: 17 px per class, 6 pt labels), up to
+    :data:`CONFUSION_NAMED_MAX` classes; past it the classes are not named (their order is
+    ``class_names``) and the figure stops growing.
     """
     summary = result.evaluation.summary
     matrix = np.asarray(summary["confusion_matrix"], dtype=float)
@@ -321,9 +332,10 @@ def confusion_figure(result: Any) -> Figure:
     image = ax.imshow(share, cmap="Blues", norm=PowerNorm(0.5, vmin=0, vmax=1))
     bar = fig.colorbar(image, ax=ax, fraction=0.046 if n > 12 else 0.08, pad=0.02)
     bar.set_label("share of the true class's test images")
-    ticks = np.arange(n)
-    ax.set_xticks(ticks, labels=names, rotation=90 if n > 4 else 0, fontsize=font)
-    ax.set_yticks(ticks, labels=names, fontsize=font)
+    if n <= CONFUSION_NAMED_MAX:
+        ticks = np.arange(n)
+        ax.set_xticks(ticks, labels=names, rotation=90 if n > 4 else 0, fontsize=font)
+        ax.set_yticks(ticks, labels=names, fontsize=font)
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
     if n <= ANNOTATE_MAX:
@@ -342,7 +354,12 @@ def confusion_figure(result: Any) -> Figure:
     ax.set_title(
         f"Confusion matrix on the held-out split: {result.feature_set} / {result.head}\n"
         f"{int(matrix.sum())} images, accuracy {summary['accuracy']:.4f}"
-        + ("" if n <= ANNOTATE_MAX else " (colour only: too many classes for counts)"),
+        + ("" if n <= ANNOTATE_MAX else " (colour only: too many classes for counts)")
+        + (
+            ""
+            if n <= CONFUSION_NAMED_MAX
+            else f"\n{n} classes, shown by index (too many to name; the order of class_names)"
+        ),
         fontsize=10,
     )
     return fig

@@ -6,6 +6,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -61,7 +63,27 @@ FILES = {
 
 
 def json_text(document: dict[str, Any]) -> str:
-    return json.dumps(json_safe(document), indent=2, allow_nan=False) + "\n"
+    """The document as indented JSON, each list of numbers on one line (a confusion matrix
+    one line per class, not one per cell: at 1,000 classes 3 MB a row instead of 18)."""
+    flat: list[str] = []
+    mark = uuid.uuid4().hex  # placeholders no string in the document can match
+
+    def fold(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: fold(v) for k, v in value.items()}
+        if isinstance(value, list):
+            if value and all(_number(v) for v in value):
+                flat.append(json.dumps(value, allow_nan=False))
+                return f"{mark}{len(flat) - 1}"
+            return [fold(v) for v in value]
+        return value
+
+    text = json.dumps(fold(json_safe(document)), indent=2, allow_nan=False)
+    return re.sub(f'"{mark}(\\d+)"', lambda m: flat[int(m.group(1))], text) + "\n"
+
+
+def _number(value: Any) -> bool:
+    return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
 
 
 def _fmt(value: float | None, digits: int = 4) -> str:

@@ -288,6 +288,21 @@ def test_grid_edge_notes_unless_the_sweep_wrote_its_own() -> None:
     assert row_notes(own) == ["chosen C on the grid edge (adapted grid)"]
 
 
+def test_the_json_keeps_each_list_of_numbers_on_one_line() -> None:
+    from featurestore.report.tables import json_text
+
+    document = {
+        "confusion_matrix": [[5, 0, 1], [0, 7, 0], [2, 0, 4]],
+        "per_class": {"cat": {"recall": 0.5, "f1": None}},
+        "class_names": ["cat", "dog", "owl"],
+        "params": {"C": [0.1, 1]},
+    }
+    text = json_text(document)
+    assert json.loads(text) == document
+    assert "    [5, 0, 1],\n    [0, 7, 0]," in text  # a row a line, not a cell a line
+    assert '"C": [0.1, 1]' in text and '"cat",\n' in text  # strings keep one a line
+
+
 def _summary(matrix: list[list[int]]) -> dict:
     return {"confusion_matrix": matrix, "class_names": ["cat", "non-cat"]}
 

@@ -164,6 +164,27 @@ def test_confusion_names_every_class_readably(n_classes: int, tmp_path) -> None:
     assert px_per_class >= 10  # a 101-class matrix is a large image, not a blur
 
 
+def test_past_the_named_limit_the_confusion_stops_growing_and_names_no_class(
+    monkeypatch, tmp_path
+) -> None:
+    monkeypatch.setattr("featurestore.report.plots.CONFUSION_NAMED_MAX", 60)
+    sizes = {}
+    for n_classes in (60, 180):
+        result = _result(n_classes, n=6 * n_classes)
+        fig = confusion_figure(result)
+        with Image.open(save_png(fig, tmp_path / f"c{n_classes}.png")) as im:
+            sizes[n_classes] = im.size
+        ax = fig.axes[0]
+        shown = {t.get_text() for t in ax.get_xticklabels() + ax.get_yticklabels()}
+        named = shown & set(result.evaluation.summary["class_names"])
+        if n_classes == 180:
+            assert not named  # the axes count classes by index
+            assert "180 classes, shown by index" in ax.get_title()
+        else:
+            assert len(named) == 60 and "shown by index" not in ax.get_title()
+    assert max(sizes[180]) <= max(sizes[60])  # three times the classes, not the size
+
+
 # ----------------------------------------------------------------------------- leaderboard
 def _vertical_lines(ax) -> list[float]:
     """x of every full-height vertical line (axvline: two points, same x, y in axes units)."""
