@@ -64,7 +64,7 @@ FILES = {
 
 def json_text(document: dict[str, Any]) -> str:
     """The document as indented JSON, each list of numbers on one line (a confusion matrix
-    one line per class, not one per cell: at 1,000 classes 3 MB a row instead of 18)."""
+    one line per class, not one per cell: at 1,000 classes 4.6 MB a row instead of 18)."""
     flat: list[str] = []
     mark = uuid.uuid4().hex  # placeholders no string in the document can match
 
